@@ -1,0 +1,283 @@
+//! The `Call` record and the types that name, create and change one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::phone::PhoneNumber;
+
+/// A call's identifier: a UUID, version 7 (time-ordered) when we mint it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(pub Uuid);
+
+impl CallId {
+    /// A fresh UUIDv7 whose time part is `at` (milliseconds), so ids sort by creation.
+    #[must_use]
+    pub fn new_v7(at: DateTime<Utc>) -> Self {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            millis / 1000,
+            u32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
+        );
+        Self(Uuid::new_v7(ts))
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for CallId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Where a call is in its life. Serialised in SCREAMING_SNAKE_CASE (`"IN_PROGRESS"`).
+///
+/// `COMPLETED`, `FAILED` and `EXPIRED` are terminal: nothing changes a terminal call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CallStatus {
+    /// Waiting to be dialled (new, or re-enqueued with back-off).
+    Pending,
+    /// Claimed and dialled; holds a concurrency slot until settled.
+    InProgress,
+    /// The provider reported the call completed.
+    Completed,
+    /// Failed for good: a permanent error, a final outcome, or retries exhausted.
+    Failed,
+    /// Not dialled before its `expiresAt`.
+    Expired,
+}
+
+impl CallStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [CallStatus; 5] = [
+        CallStatus::Pending,
+        CallStatus::InProgress,
+        CallStatus::Completed,
+        CallStatus::Failed,
+        CallStatus::Expired,
+    ];
+
+    /// The wire name, e.g. `"IN_PROGRESS"`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStatus::Pending => "PENDING",
+            CallStatus::InProgress => "IN_PROGRESS",
+            CallStatus::Completed => "COMPLETED",
+            CallStatus::Failed => "FAILED",
+            CallStatus::Expired => "EXPIRED",
+        }
+    }
+
+    /// Whether nothing may change a call in this status any more.
+    #[must_use]
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            CallStatus::Completed | CallStatus::Failed | CallStatus::Expired
+        )
+    }
+}
+
+impl fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The wire name was not one of the five statuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown call status {0:?}; expected one of PENDING, IN_PROGRESS, COMPLETED, FAILED, EXPIRED"
+)]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for CallStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CallStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// What to dial: the number, the script, and free-form metadata passed through to the provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallPayload {
+    /// The callee, normalised E.164.
+    pub to: PhoneNumber,
+    /// Identifier of the call script / flow at the provider.
+    pub script_id: String,
+    /// Free-form JSON passed through to the provider untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// One call, as stored. JSON shape of SPEC section 1 (camelCase, RFC 3339 UTC timestamps).
+///
+/// Timestamps have microsecond precision (what PostgreSQL keeps), so every store
+/// returns the same values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Call {
+    /// Primary key.
+    pub id: CallId,
+    /// What to dial.
+    pub payload: CallPayload,
+    /// Where the call is in its life.
+    pub status: CallStatus,
+    /// Dials started so far: 0 at creation, 1 after the first dial. A re-dial
+    /// after the provider answered 429, or waiting for a slot, counts nothing.
+    pub attempts: u32,
+    /// The last failure, e.g. `"provider 503"`, `"BUSY"`, `"webhook timeout"`.
+    pub last_error: Option<String>,
+    /// When the call was created.
+    pub created_at: DateTime<Utc>,
+    /// When the current or last attempt was dialled.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the call reached a terminal state.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Do not dial before this instant.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Not dialled by this instant → `EXPIRED`.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Back-off: do not re-dial before this instant.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// While `IN_PROGRESS`: when the attempt's lease runs out and, without a
+    /// webhook, it counts as failed ("webhook timeout").
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// The provider's id for the current or last attempt (any string).
+    pub provider_call_id: Option<String>,
+    /// Call duration reported by the provider's webhook, in seconds.
+    pub duration_sec: Option<u32>,
+}
+
+impl Call {
+    /// A new `PENDING` call with no attempts.
+    #[must_use]
+    pub fn new(id: CallId, new: &NewCall, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            payload: new.payload.clone(),
+            status: CallStatus::Pending,
+            attempts: 0,
+            last_error: None,
+            created_at,
+            started_at: None,
+            ended_at: None,
+            not_before: new.not_before,
+            expires_at: new.expires_at,
+            next_attempt_at: None,
+            lease_expires_at: None,
+            provider_call_id: None,
+            duration_sec: None,
+        }
+    }
+
+    /// The current attempt (meaningful while `IN_PROGRESS` or after a dial).
+    #[must_use]
+    pub fn current_attempt(&self) -> AttemptRef {
+        AttemptRef {
+            call_id: self.id,
+            attempt: self.attempts,
+        }
+    }
+
+    /// The earliest instant a `PENDING` call may be dialled: the latest of its
+    /// creation, `notBefore` and back-off.
+    #[must_use]
+    pub fn due_at(&self) -> DateTime<Utc> {
+        [self.not_before, self.next_attempt_at]
+            .into_iter()
+            .flatten()
+            .fold(self.created_at, DateTime::max)
+    }
+}
+
+/// A request to create a call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewCall {
+    /// What to dial.
+    pub payload: CallPayload,
+    /// Do not dial before this instant.
+    pub not_before: Option<DateTime<Utc>>,
+    /// Not dialled by this instant → `EXPIRED`.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Client-chosen key; creating again with the same key returns the first call.
+    pub idempotency_key: Option<String>,
+}
+
+impl NewCall {
+    /// A call to `to` running `script_id`, with no metadata, schedule or key.
+    #[must_use]
+    pub fn new(to: PhoneNumber, script_id: impl Into<String>) -> Self {
+        Self {
+            payload: CallPayload {
+                to,
+                script_id: script_id.into(),
+                metadata: None,
+            },
+            not_before: None,
+            expires_at: None,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// A partial update of a `PENDING` call's payload; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PayloadPatch {
+    /// New callee.
+    pub to: Option<PhoneNumber>,
+    /// New script.
+    pub script_id: Option<String>,
+    /// New metadata (replaces the old value whole).
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl PayloadPatch {
+    /// `payload` with this patch applied.
+    #[must_use]
+    pub fn apply_to(&self, payload: &CallPayload) -> CallPayload {
+        CallPayload {
+            to: self.to.clone().unwrap_or_else(|| payload.to.clone()),
+            script_id: self
+                .script_id
+                .clone()
+                .unwrap_or_else(|| payload.script_id.clone()),
+            metadata: self.metadata.clone().or_else(|| payload.metadata.clone()),
+        }
+    }
+}
+
+/// One dial of one call: `(call id, attempt number)`, attempt counted from 1.
+///
+/// Also the provider's idempotency key, written `"{callId}:{attempt}"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRef {
+    /// The call.
+    pub call_id: CallId,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+}
+
+impl fmt::Display for AttemptRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.call_id, self.attempt)
+    }
+}

@@ -1,0 +1,59 @@
+//! # orchestrator-core
+//!
+//! The heart of the outbound AI voice call orchestrator: clients enqueue calls,
+//! the engine dials them through a [`Provider`] under a global cap of concurrent
+//! calls with at most one call in flight per phone number, learns outcomes from
+//! webhooks, and retries failures with exponential back-off.
+//!
+//! - [`call`]: the [`Call`] record; [`state`]: its state machine.
+//! - [`retry`], [`config`]: the policies (back-off, cap, lease, TTL).
+//! - [`store`]: the [`Store`] trait; [`memory`]: the in-memory store.
+//! - [`provider`]: the [`Provider`] trait; [`simulated`]: a seeded simulated provider.
+//! - [`engine`]: the [`Orchestrator`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use orchestrator_core::{MemoryStore, NewCall, Orchestrator, PhoneNumber, SimulatedProvider};
+//!
+//! let engine = Orchestrator::builder(
+//!     Arc::new(MemoryStore::new()),
+//!     Arc::new(SimulatedProvider::new(Default::default())),
+//! )
+//! .build()?;
+//! let running = engine.start();
+//! let created = engine
+//!     .create_call(NewCall::new(PhoneNumber::parse("+966501234567")?, "welcomeFlow"))
+//!     .await?;
+//! println!("{}", created.call.id);
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod call;
+pub mod clock;
+pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod engine;
+pub mod memory;
+pub mod phone;
+pub mod provider;
+pub mod retry;
+pub mod simulated;
+pub mod state;
+pub mod store;
+pub mod validate;
+
+pub use call::{AttemptRef, Call, CallId, CallPayload, CallStatus, NewCall, PayloadPatch};
+pub use clock::{Clock, SystemClock, TokioClock};
+pub use config::{EngineConfig, RedialPolicy};
+pub use engine::{EngineError, EngineHandle, Orchestrator, OrchestratorBuilder, WebhookOutcome};
+pub use memory::MemoryStore;
+pub use phone::PhoneNumber;
+pub use provider::{
+    DialError, DialRequest, Dialled, Provider, ReportedStatus, StatusReport, WebhookDelivery,
+};
+pub use retry::RetryPolicy;
+pub use simulated::{SimulatedProvider, SimulationConfig};
+pub use store::{Store, StoreError};

@@ -1,0 +1,338 @@
+//! `MemoryStore`: a complete in-process [`Store`], for embedding, tests and the simulation.
+//!
+//! One mutex guards all state, so every method is trivially atomic; nothing is
+//! awaited while it is held. Indexes are ordered maps, so iteration order (and
+//! therefore behaviour) is deterministic.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
+use crate::clock;
+use crate::phone::PhoneNumber;
+use crate::state::{transition, CallEvent};
+use crate::store::{
+    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
+};
+
+type Key = (DateTime<Utc>, CallId);
+
+#[derive(Default)]
+struct State {
+    calls: HashMap<CallId, Call>,
+    /// Per status, the calls ordered by (creation time, id).
+    by_status: [BTreeSet<Key>; 5],
+    /// Numbers with a call in progress, and that call.
+    busy_numbers: BTreeMap<PhoneNumber, CallId>,
+    idempotency_keys: HashMap<String, CallId>,
+    provider_ids: HashMap<String, AttemptRef>,
+}
+
+fn slot(status: CallStatus) -> usize {
+    CallStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .unwrap_or_default()
+}
+
+impl State {
+    /// Replaces a call, keeping every index true.
+    fn put(&mut self, call: Call) {
+        let key = (call.created_at, call.id);
+        if let Some(old) = self.calls.get(&call.id) {
+            self.by_status[slot(old.status)].remove(&key);
+            if old.status == CallStatus::InProgress {
+                self.busy_numbers.remove(&old.payload.to);
+            }
+        }
+        self.by_status[slot(call.status)].insert(key);
+        if call.status == CallStatus::InProgress {
+            self.busy_numbers.insert(call.payload.to.clone(), call.id);
+        }
+        self.calls.insert(call.id, call);
+    }
+
+    fn get(&self, id: CallId) -> Result<&Call, StoreError> {
+        self.calls.get(&id).ok_or(StoreError::NotFound(id))
+    }
+
+    fn apply(&mut self, id: CallId, event: CallEvent) -> Result<Call, StoreError> {
+        let next = transition(self.get(id)?, event)
+            .map_err(|source| StoreError::Conflict { id, source })?;
+        self.put(next.clone());
+        Ok(next)
+    }
+
+    fn in_progress(&self) -> usize {
+        self.by_status[slot(CallStatus::InProgress)].len()
+    }
+}
+
+/// An in-memory [`Store`]. Cheap to create; data lives as long as the value.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            changes: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the indexes half-updated
+        // (`put` does not panic), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// Every call, ordered by id: for tests and simulations that check invariants.
+    #[must_use]
+    pub fn snapshot(&self) -> Vec<Call> {
+        let state = self.lock();
+        let mut calls: Vec<Call> = state.calls.values().cloned().collect();
+        calls.sort_by_key(|call| call.id);
+        calls
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create(
+        &self,
+        id: CallId,
+        new: &NewCall,
+        now: DateTime<Utc>,
+    ) -> Result<Created, StoreError> {
+        {
+            let mut state = self.lock();
+            if let Some(key) = &new.idempotency_key {
+                if let Some(first) = state.idempotency_keys.get(key) {
+                    let call = state.get(*first)?.clone();
+                    return Ok(Created {
+                        call,
+                        created: false,
+                    });
+                }
+                state.idempotency_keys.insert(key.clone(), id);
+            }
+            let call = Call::new(id, new, clock::truncate_to_micros(now));
+            state.put(call);
+        }
+        self.bump();
+        let call = self.lock().get(id)?.clone();
+        Ok(Created {
+            call,
+            created: true,
+        })
+    }
+
+    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
+        self.lock().get(id).cloned()
+    }
+
+    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
+        let mut state = self.lock();
+        let payload = patch.apply_to(&state.get(id)?.payload);
+        state.apply(id, CallEvent::UpdatePayload(payload))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        let state = self.lock();
+        let offset = usize::try_from(query.offset()).unwrap_or(usize::MAX);
+        let size = query.page_size as usize;
+        let (items, total) = match query.status {
+            Some(status) => {
+                let index = &state.by_status[slot(status)];
+                let items = index.iter().rev().skip(offset).take(size);
+                (collect(&state, items), index.len())
+            }
+            None => {
+                let mut all: Vec<&Key> = state.by_status.iter().flatten().collect();
+                all.sort_unstable();
+                let total = all.len();
+                (
+                    collect(&state, all.into_iter().rev().skip(offset).take(size)),
+                    total,
+                )
+            }
+        };
+        Ok(Page {
+            items,
+            page: query.page,
+            page_size: query.page_size,
+            total: total as u64,
+        })
+    }
+
+    async fn counts(&self) -> Result<StatusCounts, StoreError> {
+        let state = self.lock();
+        let mut counts = StatusCounts::default();
+        for status in CallStatus::ALL {
+            counts.set(status, state.by_status[slot(status)].len() as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
+        let mut state = self.lock();
+        let free = (request.max_in_flight as usize).saturating_sub(state.in_progress());
+        let want = free.min(request.limit as usize);
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let now = request.now;
+        let mut chosen: Vec<CallId> = Vec::with_capacity(want);
+        let mut numbers: BTreeSet<&PhoneNumber> = BTreeSet::new();
+        for (_, id) in &state.by_status[slot(CallStatus::Pending)] {
+            let call = &state.calls[id];
+            let due = call.due_at() <= now && call.expires_at.is_none_or(|at| at > now);
+            let to = &call.payload.to;
+            if due && !state.busy_numbers.contains_key(to) && numbers.insert(to) {
+                chosen.push(*id);
+                if chosen.len() == want {
+                    break;
+                }
+            }
+        }
+        let lease_until = clock::add(now, request.lease);
+        chosen
+            .into_iter()
+            .map(|id| {
+                state.apply(
+                    id,
+                    CallEvent::Claim {
+                        at: now,
+                        lease_until,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    async fn record_dial(
+        &self,
+        attempt: AttemptRef,
+        provider_call_id: &str,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let call = state.get(attempt.call_id)?;
+        if attempt.attempt == 0 || attempt.attempt > call.attempts {
+            return Ok(false);
+        }
+        let current = call.status == CallStatus::InProgress && call.attempts == attempt.attempt;
+        state
+            .provider_ids
+            .insert(provider_call_id.to_owned(), attempt);
+        if current {
+            state.apply(
+                attempt.call_id,
+                CallEvent::Accept {
+                    provider_call_id: provider_call_id.to_owned(),
+                },
+            )?;
+        }
+        Ok(current)
+    }
+
+    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
+        Ok(self.lock().provider_ids.get(provider_call_id).copied())
+    }
+
+    async fn settle(
+        &self,
+        attempt: AttemptRef,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        let settled = {
+            let mut state = self.lock();
+            let call = state.get(attempt.call_id)?;
+            if call.status != CallStatus::InProgress || call.attempts != attempt.attempt {
+                return Ok(Settled::Stale(call.clone()));
+            }
+            Settled::Applied(state.apply(attempt.call_id, settlement.into())?)
+        };
+        self.bump();
+        Ok(settled)
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
+        let mut state = self.lock();
+        let due: Vec<CallId> = state.by_status[slot(CallStatus::Pending)]
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| state.calls[id].expires_at.is_some_and(|at| at <= now))
+            .collect();
+        for id in &due {
+            state.apply(*id, CallEvent::Expire { at: now })?;
+        }
+        Ok(due)
+    }
+
+    async fn stale_attempts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptRef>, StoreError> {
+        let state = self.lock();
+        let mut stale: Vec<(DateTime<Utc>, AttemptRef)> = state.by_status
+            [slot(CallStatus::InProgress)]
+        .iter()
+        .filter_map(|(_, id)| {
+            let call = &state.calls[id];
+            let lease = call.lease_expires_at?;
+            (lease <= now).then(|| (lease, call.current_attempt()))
+        })
+        .collect();
+        stale.sort_unstable();
+        Ok(stale
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, attempt)| attempt)
+            .collect())
+    }
+
+    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let state = self.lock();
+        let pending = state.by_status[slot(CallStatus::Pending)]
+            .iter()
+            .flat_map(|(_, id)| {
+                let call = &state.calls[id];
+                [Some(call.due_at()), call.expires_at]
+            });
+        let leases = state.by_status[slot(CallStatus::InProgress)]
+            .iter()
+            .map(|(_, id)| state.calls[id].lease_expires_at);
+        Ok(pending.chain(leases).flatten().filter(|at| *at > now).min())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+fn collect<'a>(state: &State, keys: impl Iterator<Item = &'a Key>) -> Vec<Call> {
+    keys.map(|(_, id)| state.calls[id].clone()).collect()
+}

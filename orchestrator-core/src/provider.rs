@@ -1,0 +1,177 @@
+//! The `Provider` trait: starting one attempt of a call at the external AI-call provider.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::call::{AttemptRef, Call, CallId};
+use crate::phone::PhoneNumber;
+
+/// One attempt to dial, as sent to the provider (SPEC section 3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DialRequest {
+    /// Which call and which attempt; also the idempotency key.
+    pub attempt: AttemptRef,
+    /// The callee.
+    pub to: PhoneNumber,
+    /// The provider's script / flow.
+    pub script_id: String,
+    /// Passed through untouched.
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl DialRequest {
+    /// The request for `call`'s current attempt.
+    #[must_use]
+    pub fn for_call(call: &Call) -> Self {
+        Self {
+            attempt: call.current_attempt(),
+            to: call.payload.to.clone(),
+            script_id: call.payload.script_id.clone(),
+            metadata: call.payload.metadata.clone(),
+        }
+    }
+
+    /// The provider idempotency key, `"{callId}:{attempt}"`: the same when this
+    /// very attempt is re-sent, so the provider never starts it twice.
+    #[must_use]
+    pub fn idempotency_key(&self) -> String {
+        self.attempt.to_string()
+    }
+}
+
+/// The provider accepted the dial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dialled {
+    /// The provider's id for this call (any string).
+    pub provider_call_id: String,
+}
+
+/// Why a dial did not start, classified as SPEC section 3 says.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    /// Network error, timeout or 5xx: the attempt counts and may be retried.
+    #[error("{reason}")]
+    Retryable {
+        /// E.g. `"provider 503"`, `"provider timeout"`.
+        reason: String,
+    },
+    /// 429: the provider is at capacity. The attempt does not count; re-dial
+    /// after `retry_after` (the `Retry-After` header), or the engine's default.
+    #[error("provider at capacity")]
+    AtCapacity {
+        /// How long to wait, when the provider said.
+        retry_after: Option<Duration>,
+    },
+    /// Any other 4xx: the call fails at once.
+    #[error("{reason}")]
+    Permanent {
+        /// E.g. `"provider 422: invalid number"`.
+        reason: String,
+    },
+}
+
+/// The outcome a provider reports in its webhook (SPEC section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReportedStatus {
+    /// The call took place.
+    Completed,
+    /// The call failed at the provider.
+    Failed,
+    /// The callee's line was busy.
+    Busy,
+    /// Nobody answered.
+    NoAnswer,
+}
+
+impl ReportedStatus {
+    /// The wire name, e.g. `"NO_ANSWER"`; also the `lastError` of a call it fails.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportedStatus::Completed => "COMPLETED",
+            ReportedStatus::Failed => "FAILED",
+            ReportedStatus::Busy => "BUSY",
+            ReportedStatus::NoAnswer => "NO_ANSWER",
+        }
+    }
+}
+
+/// A provider's status report for one of its calls: the webhook body of SPEC section 4.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    /// The provider's call id.
+    #[serde(rename = "callId")]
+    pub provider_call_id: String,
+    /// The outcome.
+    pub status: ReportedStatus,
+    /// Call duration in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_sec: Option<u32>,
+    /// When the call ended (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A webhook delivered in-process: the report and the `callId`/`attempt`
+/// we put in the webhook URL, when known.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookDelivery {
+    /// The report.
+    pub report: StatusReport,
+    /// Our call id and attempt, from the webhook URL's query.
+    pub attempt: Option<AttemptRef>,
+}
+
+/// Where an in-process provider delivers its webhooks: a bounded channel into
+/// the engine, which settles them exactly as it settles HTTP webhooks.
+#[derive(Clone, Debug)]
+pub struct WebhookSink(pub(crate) mpsc::Sender<WebhookDelivery>);
+
+impl WebhookSink {
+    /// Delivers one webhook, waiting while the engine's queue is full.
+    ///
+    /// # Errors
+    /// Gives the delivery back when the engine has stopped.
+    pub async fn deliver(&self, delivery: WebhookDelivery) -> Result<(), WebhookDelivery> {
+        self.0.send(delivery).await.map_err(|error| error.0)
+    }
+}
+
+/// An external AI-call provider.
+///
+/// # Contract
+/// `start_call` starts the attempt at most once per idempotency key, and
+/// classifies failures as [`DialError`] says. It must return in bounded time
+/// (implementations carry their own timeout).
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Starts one attempt of a call.
+    async fn start_call(&self, request: &DialRequest) -> Result<Dialled, DialError>;
+
+    /// Called by the engine when it starts, for providers that report outcomes
+    /// in-process (the simulated provider). HTTP providers report by webhook
+    /// instead and ignore it.
+    fn bind_webhooks(&self, _sink: WebhookSink) {}
+}
+
+/// Id of a call in a webhook URL's query: `?callId=...&attempt=...`.
+#[must_use]
+pub fn webhook_query(attempt: AttemptRef) -> String {
+    format!("callId={}&attempt={}", attempt.call_id, attempt.attempt)
+}
+
+/// Parses the `callId` and `attempt` query values we put in a webhook URL.
+#[must_use]
+pub fn parse_webhook_query(call_id: &str, attempt: &str) -> Option<AttemptRef> {
+    Some(AttemptRef {
+        call_id: call_id.parse::<CallId>().ok()?,
+        attempt: attempt.parse().ok().filter(|n| *n > 0)?,
+    })
+}

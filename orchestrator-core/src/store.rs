@@ -1,0 +1,318 @@
+//! The `Store` trait: where calls live, and the atomic operations the engine needs.
+//!
+//! A store is the single source of truth for the invariants of SPEC section 5:
+//! the global cap and the one-call-per-number rule are enforced by [`Store::claim`],
+//! not by engine memory, so several engines (processes) may share one store.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Serialize, Serializer};
+use tokio::sync::watch;
+
+use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
+use crate::state::{CallEvent, TransitionError};
+
+/// The error categories callers branch on. Each backend maps its own errors
+/// into these in one place; messages are for humans, not for matching.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No call has this id.
+    #[error("call {0} not found")]
+    NotFound(CallId),
+    /// The change is not allowed in the call's current status (e.g. updating a
+    /// call that is no longer `PENDING`).
+    #[error("call {id}: {source}")]
+    Conflict {
+        /// The call.
+        id: CallId,
+        /// The refused transition.
+        source: TransitionError,
+    },
+    /// The backend cannot be reached right now (connection refused, pool
+    /// timed out). Retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Any other backend failure.
+    #[error("store failure: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The result of [`Store::create`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Created {
+    /// The call: the new one, or the first one created with the same idempotency key.
+    pub call: Call,
+    /// `false` when the idempotency key was seen before and `call` is the first call.
+    pub created: bool,
+}
+
+/// One page of [`Store::list`]. Pages count from 1.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page {
+    /// The calls on this page, newest first.
+    pub items: Vec<Call>,
+    /// This page's number, from 1.
+    pub page: u32,
+    /// The page size asked for.
+    pub page_size: u32,
+    /// Calls matching the filter, on all pages.
+    pub total: u64,
+}
+
+/// What [`Store::list`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only calls in this status; `None` for all.
+    pub status: Option<CallStatus>,
+    /// Page number, from 1.
+    pub page: u32,
+    /// Calls per page, 1 to [`ListQuery::MAX_PAGE_SIZE`].
+    pub page_size: u32,
+}
+
+impl ListQuery {
+    /// Largest page size.
+    pub const MAX_PAGE_SIZE: u32 = 100;
+    /// Page size when none is given.
+    pub const DEFAULT_PAGE_SIZE: u32 = 20;
+
+    /// Rows to skip before this page.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        u64::from(self.page.max(1) - 1) * u64::from(self.page_size)
+    }
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self {
+            status: None,
+            page: 1,
+            page_size: Self::DEFAULT_PAGE_SIZE,
+        }
+    }
+}
+
+/// Calls per status. Serialises as `{"PENDING":n,"IN_PROGRESS":n,...}` with all five keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    counts: [u64; 5],
+}
+
+impl StatusCounts {
+    /// The count for `status`.
+    #[must_use]
+    pub fn get(&self, status: CallStatus) -> u64 {
+        self.counts[Self::index(status)]
+    }
+
+    /// Sets the count for `status`.
+    pub fn set(&mut self, status: CallStatus, count: u64) {
+        self.counts[Self::index(status)] = count;
+    }
+
+    /// All calls.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    fn index(status: CallStatus) -> usize {
+        match status {
+            CallStatus::Pending => 0,
+            CallStatus::InProgress => 1,
+            CallStatus::Completed => 2,
+            CallStatus::Failed => 3,
+            CallStatus::Expired => 4,
+        }
+    }
+}
+
+impl Serialize for StatusCounts {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let map: BTreeMap<&str, u64> = CallStatus::ALL
+            .into_iter()
+            .map(|status| (status.as_str(), self.get(status)))
+            .collect();
+        map.serialize(serializer)
+    }
+}
+
+/// The limits of one [`Store::claim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The current time: calls due at or before it are eligible.
+    pub now: DateTime<Utc>,
+    /// The global cap: `IN_PROGRESS` calls in the whole store never exceed it.
+    pub max_in_flight: u32,
+    /// Claim at most this many calls now.
+    pub limit: u32,
+    /// Each claimed attempt's lease: without a webhook it is stale at `now + lease`.
+    pub lease: Duration,
+}
+
+/// A change to an `IN_PROGRESS` attempt, for [`Store::settle`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settlement {
+    /// The provider reported the call completed.
+    Completed {
+        /// When it ended.
+        at: DateTime<Utc>,
+        /// Reported duration in seconds.
+        duration_sec: Option<u32>,
+    },
+    /// The call fails for good.
+    Failed {
+        /// Why, e.g. `"BUSY"`.
+        error: String,
+        /// When it ended.
+        at: DateTime<Utc>,
+        /// Reported duration in seconds.
+        duration_sec: Option<u32>,
+    },
+    /// A retryable failure: back to `PENDING`, not before `retry_at`.
+    Retry {
+        /// Why.
+        error: String,
+        /// Back-off deadline.
+        retry_at: DateTime<Utc>,
+    },
+    /// The provider was at capacity (429): back to `PENDING` and the attempt is given back.
+    Capacity {
+        /// `Retry-After` deadline.
+        retry_at: DateTime<Utc>,
+    },
+}
+
+impl From<Settlement> for CallEvent {
+    fn from(settlement: Settlement) -> Self {
+        match settlement {
+            Settlement::Completed { at, duration_sec } => CallEvent::Complete { at, duration_sec },
+            Settlement::Failed {
+                error,
+                at,
+                duration_sec,
+            } => CallEvent::Fail {
+                error,
+                at,
+                duration_sec,
+            },
+            Settlement::Retry { error, retry_at } => CallEvent::Retry { error, retry_at },
+            Settlement::Capacity { retry_at } => CallEvent::Capacity { retry_at },
+        }
+    }
+}
+
+/// The result of [`Store::settle`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settled {
+    /// The attempt was current and `IN_PROGRESS`; the call now reads so.
+    Applied(Call),
+    /// Nothing changed: the attempt is not the current one, or it was settled
+    /// already. The call as it is.
+    Stale(Call),
+}
+
+/// A store of calls.
+///
+/// # Contract
+/// Every method is atomic and safe to call concurrently from many engines
+/// sharing the store. Timestamps are passed in by the caller (the engine's
+/// clock); a store never reads its own clock for call data.
+///
+/// - [`claim`](Store::claim) is the only way to `IN_PROGRESS`, and it never
+///   lets the `IN_PROGRESS` count exceed `max_in_flight`, never puts two calls
+///   to one number in progress, and never hands one attempt to two claimers.
+/// - Transitions follow [`crate::state::transition`]; terminal calls never change.
+/// - After `create` and after any `settle` that was applied, the store bumps
+///   the counter returned by [`subscribe`](Store::subscribe), in this process
+///   and (for shared backends) in every process sharing the store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new `PENDING` call with `attempts = 0` and id `id`, or, when
+    /// `new.idempotency_key` was used before, returns the first call with that
+    /// key unchanged (`created: false`).
+    async fn create(
+        &self,
+        id: CallId,
+        new: &NewCall,
+        now: DateTime<Utc>,
+    ) -> Result<Created, StoreError>;
+
+    /// The call with this id. Errors: [`StoreError::NotFound`].
+    async fn get(&self, id: CallId) -> Result<Call, StoreError>;
+
+    /// Applies `patch` to a `PENDING` call's payload and returns the call.
+    /// Errors: [`StoreError::NotFound`]; [`StoreError::Conflict`] when the call
+    /// is not `PENDING`.
+    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError>;
+
+    /// One page of calls, newest first (by creation time, then id), optionally
+    /// filtered by status. A page past the end is empty; `total` is still right.
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Calls per status.
+    async fn counts(&self) -> Result<StatusCounts, StoreError>;
+
+    /// Atomically claims up to `min(limit, max_in_flight - in_flight)` due calls
+    /// and returns them `IN_PROGRESS`, each with one more attempt,
+    /// `startedAt = now` and a lease until `now + lease`.
+    ///
+    /// Due means `PENDING`, `notBefore` and `nextAttemptAt` absent or `<= now`,
+    /// and `expiresAt` absent or `> now`. Calls are taken oldest first
+    /// (creation time, then id); a due call whose number already has a call in
+    /// progress (or earlier in this batch) is skipped, not consumed.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError>;
+
+    /// Records that the provider accepted `attempt` and named it
+    /// `provider_call_id`, so its webhook can find it. Sets the call's
+    /// `providerCallId` only while that attempt is current and `IN_PROGRESS`;
+    /// returns whether it did. Errors: [`StoreError::NotFound`].
+    async fn record_dial(
+        &self,
+        attempt: AttemptRef,
+        provider_call_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// The attempt the provider named `provider_call_id`, if any was recorded.
+    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError>;
+
+    /// Settles `attempt` if, and only if, it is the call's current attempt and
+    /// the call is `IN_PROGRESS`; otherwise changes nothing and answers
+    /// [`Settled::Stale`]. Frees the attempt's slot when applied.
+    /// Errors: [`StoreError::NotFound`].
+    async fn settle(
+        &self,
+        attempt: AttemptRef,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError>;
+
+    /// Expires every `PENDING` call whose `expiresAt <= now` and returns their ids.
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError>;
+
+    /// Up to `limit` `IN_PROGRESS` attempts whose lease ran out (`<= now`),
+    /// oldest lease first. The caller settles them (e.g. as "webhook timeout").
+    async fn stale_attempts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptRef>, StoreError>;
+
+    /// The earliest instant strictly after `now` at which a timed event is due:
+    /// a `PENDING` call's `notBefore` or `nextAttemptAt` passes, a `PENDING`
+    /// call expires, or an `IN_PROGRESS` lease runs out. `None` when none is
+    /// scheduled.
+    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Checks that the store can be reached (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// A counter bumped after every change that may make a call claimable or
+    /// free a slot (see the contract). Engines wait on it instead of polling.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
