@@ -15,16 +15,19 @@ use crate::phone::PhoneNumber;
 pub struct CallId(pub Uuid);
 
 impl CallId {
-    /// A fresh UUIDv7 whose time part is `at` (milliseconds), so ids sort by creation.
+    /// A fresh UUIDv7 whose time part is `at` (milliseconds), so ids sort by
+    /// creation; the random part comes from the operating system.
     #[must_use]
     pub fn new_v7(at: DateTime<Utc>) -> Self {
+        Self::v7_from_parts(at, rand::random())
+    }
+
+    /// A UUIDv7 (RFC 9562 section 5.7) from a time and 10 random bytes, for
+    /// engines that draw randomness from a seed so runs replay exactly.
+    #[must_use]
+    pub fn v7_from_parts(at: DateTime<Utc>, random: [u8; 10]) -> Self {
         let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            millis / 1000,
-            u32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
-        );
-        Self(Uuid::new_v7(ts))
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
     }
 }
 

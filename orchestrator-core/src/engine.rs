@@ -9,7 +9,7 @@
 //! accounting of its own, so any number of engines may share one store.
 
 use chrono::{DateTime, Utc};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, watch};
@@ -206,10 +206,18 @@ impl Orchestrator {
                 .map(|ttl| clock::add(new.not_before.map_or(now, |at| at.max(now)), ttl));
         }
         validate_new_call(&new, now)?;
+        let random = {
+            let mut rng = self
+                .inner
+                .rng
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            rng.random()
+        };
         let created = self
             .inner
             .store
-            .create(CallId::new_v7(now), &new, now)
+            .create(CallId::v7_from_parts(now, random), &new, now)
             .await?;
         if created.created {
             metrics::counter!("orchestrator_calls_created_total").increment(1);
