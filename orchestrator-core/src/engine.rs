@@ -334,7 +334,14 @@ impl Orchestrator {
                 duration_sec: report.duration_sec,
             },
             status if inner.config.redial.redials(status) => {
-                inner.after_failure(attempt, status.as_str().to_owned(), now)
+                match inner.after_failure(attempt, status.as_str().to_owned(), now) {
+                    Settlement::Failed { error, .. } => Settlement::Failed {
+                        error,
+                        at,
+                        duration_sec: report.duration_sec,
+                    },
+                    retry => retry,
+                }
             }
             status => Settlement::Failed {
                 error: status.as_str().to_owned(),
@@ -343,9 +350,18 @@ impl Orchestrator {
             },
         };
         let span = info_span!("webhook", call_id = %attempt.call_id, attempt = attempt.attempt);
+        let retry = matches!(settlement, Settlement::Retry { .. });
+        let settled = inner
+            .store
+            .settle(attempt, settlement)
+            .instrument(span.clone())
+            .await?;
         let _entered = span.enter();
-        Ok(match inner.store.settle(attempt, settlement).await? {
+        Ok(match settled {
             Settled::Applied(call) => {
+                if retry {
+                    metrics::counter!("orchestrator_retries_total").increment(1);
+                }
                 info!(status = %call.status, "attempt settled by webhook");
                 WebhookOutcome::Applied(call)
             }
@@ -365,9 +381,16 @@ impl Orchestrator {
     /// [`EngineError::Store`].
     pub async fn tick(&self) -> Result<Option<DateTime<Utc>>, EngineError> {
         let mut dials = JoinSet::new();
-        let next = self.inner.round(&mut dials).await?;
-        while dials.join_next().await.is_some() {}
-        Ok(next)
+        self.inner.round(&mut dials).await?;
+        while let Some(joined) = dials.join_next().await {
+            if let Err(error) = joined {
+                if error.is_panic() {
+                    std::panic::resume_unwind(error.into_panic());
+                }
+            }
+        }
+        // The dials may have scheduled re-dials (429, back-off): ask again.
+        Ok(self.inner.store.next_timer(self.inner.clock.now()).await?)
     }
 
     /// Starts the dispatcher and, for in-process providers, the webhook intake.
@@ -547,13 +570,10 @@ impl Inner {
             self.config.retry.decide(attempt.attempt, &mut *rng)
         };
         match decision {
-            RetryDecision::RetryAfter(delay) => {
-                metrics::counter!("orchestrator_retries_total").increment(1);
-                Settlement::Retry {
-                    error,
-                    retry_at: clock::add(now, delay),
-                }
-            }
+            RetryDecision::RetryAfter(delay) => Settlement::Retry {
+                error,
+                retry_at: clock::add(now, delay),
+            },
             RetryDecision::GiveUp => Settlement::Failed {
                 error,
                 at: now,
@@ -563,8 +583,12 @@ impl Inner {
     }
 
     async fn settle_logged(&self, attempt: AttemptRef, settlement: Settlement) {
+        let retry = matches!(settlement, Settlement::Retry { .. });
         match self.store.settle(attempt, settlement).await {
             Ok(Settled::Applied(call)) => {
+                if retry {
+                    metrics::counter!("orchestrator_retries_total").increment(1);
+                }
                 info!(call_id = %call.id, attempt = attempt.attempt, status = %call.status, last_error = ?call.last_error, "attempt settled");
             }
             Ok(Settled::Stale(_)) => {

@@ -47,7 +47,7 @@ pub mod validate;
 
 pub use call::{AttemptRef, Call, CallId, CallPayload, CallStatus, NewCall, PayloadPatch};
 pub use clock::{Clock, SystemClock, TokioClock};
-pub use config::{EngineConfig, RedialPolicy};
+pub use config::{ConfigError, EngineConfig, RedialPolicy};
 pub use engine::{EngineError, EngineHandle, Orchestrator, OrchestratorBuilder, WebhookOutcome};
 pub use memory::MemoryStore;
 pub use phone::PhoneNumber;
@@ -55,5 +55,6 @@ pub use provider::{
     DialError, DialRequest, Dialled, Provider, ReportedStatus, StatusReport, WebhookDelivery,
 };
 pub use retry::RetryPolicy;
-pub use simulated::{SimulatedProvider, SimulationConfig};
-pub use store::{Store, StoreError};
+pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig};
+pub use store::{ListQuery, Page, StatusCounts, Store, StoreError};
+pub use validate::Invalid;
