@@ -19,9 +19,16 @@ use crate::store::{ClaimRequest, ListQuery, Settled, Settlement, Store, StoreErr
 /// Emits one `#[tokio::test]` per conformance behaviour. `$new_store` is an
 /// `async fn() -> Arc<dyn Store>` (or a path to one) returning a fresh, empty store.
 ///
-/// ```ignore
-/// async fn new_store() -> Arc<dyn Store> { Arc::new(MemoryStore::new()) }
+/// ```
+/// use std::sync::Arc;
+/// use orchestrator_core::{MemoryStore, Store};
+///
+/// async fn new_store() -> Arc<dyn Store> {
+///     Arc::new(MemoryStore::new())
+/// }
+///
 /// orchestrator_core::store_conformance_tests!(new_store);
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! store_conformance_tests {

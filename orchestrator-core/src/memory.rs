@@ -5,6 +5,7 @@
 //! therefore behaviour) is deterministic.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -26,6 +27,11 @@ struct State {
     calls: HashMap<CallId, Call>,
     /// Per status, the calls ordered by (creation time, id).
     by_status: [BTreeSet<Key>; 5],
+    /// PENDING calls by due time, by expiry, and IN_PROGRESS calls by lease
+    /// end: the timers, so rounds never scan every call.
+    pending_due: BTreeSet<Key>,
+    pending_expiry: BTreeSet<Key>,
+    leases: BTreeSet<Key>,
     /// Numbers with a call in progress, and that call.
     busy_numbers: BTreeMap<PhoneNumber, CallId>,
     idempotency_keys: HashMap<String, CallId>,
@@ -42,18 +48,48 @@ fn slot(status: CallStatus) -> usize {
 impl State {
     /// Replaces a call, keeping every index true.
     fn put(&mut self, call: Call) {
-        let key = (call.created_at, call.id);
-        if let Some(old) = self.calls.get(&call.id) {
-            self.by_status[slot(old.status)].remove(&key);
-            if old.status == CallStatus::InProgress {
-                self.busy_numbers.remove(&old.payload.to);
-            }
+        if let Some(old) = self.calls.remove(&call.id) {
+            self.unindex(&old);
         }
-        self.by_status[slot(call.status)].insert(key);
-        if call.status == CallStatus::InProgress {
-            self.busy_numbers.insert(call.payload.to.clone(), call.id);
+        self.by_status[slot(call.status)].insert((call.created_at, call.id));
+        match call.status {
+            CallStatus::Pending => {
+                self.pending_due.insert((call.due_at(), call.id));
+                if let Some(at) = call.expires_at {
+                    self.pending_expiry.insert((at, call.id));
+                }
+            }
+            CallStatus::InProgress => {
+                self.busy_numbers.insert(call.payload.to.clone(), call.id);
+                if let Some(at) = call.lease_expires_at {
+                    self.leases.insert((at, call.id));
+                }
+            }
+            CallStatus::Completed | CallStatus::Failed | CallStatus::Expired => {}
         }
         self.calls.insert(call.id, call);
+    }
+
+    fn unindex(&mut self, old: &Call) {
+        self.by_status[slot(old.status)].remove(&(old.created_at, old.id));
+        self.pending_due.remove(&(old.due_at(), old.id));
+        if let Some(at) = old.expires_at {
+            self.pending_expiry.remove(&(at, old.id));
+        }
+        if let Some(at) = old.lease_expires_at {
+            self.leases.remove(&(at, old.id));
+        }
+        if old.status == CallStatus::InProgress {
+            self.busy_numbers.remove(&old.payload.to);
+        }
+    }
+
+    /// The first key of `index` strictly after `now`.
+    fn first_after(index: &BTreeSet<Key>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        index
+            .range((Excluded((now, CallId(uuid::Uuid::max()))), Unbounded))
+            .next()
+            .map(|(at, _)| *at)
     }
 
     fn get(&self, id: CallId) -> Result<&Call, StoreError> {
@@ -276,10 +312,11 @@ impl Store for MemoryStore {
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
         let mut state = self.lock();
-        let due: Vec<CallId> = state.by_status[slot(CallStatus::Pending)]
+        let due: Vec<CallId> = state
+            .pending_expiry
             .iter()
+            .take_while(|(at, _)| *at <= now)
             .map(|(_, id)| *id)
-            .filter(|id| state.calls[id].expires_at.is_some_and(|at| at <= now))
             .collect();
         for id in &due {
             state.apply(*id, CallEvent::Expire { at: now })?;
@@ -293,35 +330,21 @@ impl Store for MemoryStore {
         limit: u32,
     ) -> Result<Vec<AttemptRef>, StoreError> {
         let state = self.lock();
-        let mut stale: Vec<(DateTime<Utc>, AttemptRef)> = state.by_status
-            [slot(CallStatus::InProgress)]
-        .iter()
-        .filter_map(|(_, id)| {
-            let call = &state.calls[id];
-            let lease = call.lease_expires_at?;
-            (lease <= now).then(|| (lease, call.current_attempt()))
-        })
-        .collect();
-        stale.sort_unstable();
-        Ok(stale
-            .into_iter()
+        Ok(state
+            .leases
+            .iter()
+            .take_while(|(at, _)| *at <= now)
             .take(limit as usize)
-            .map(|(_, attempt)| attempt)
+            .map(|(_, id)| state.calls[id].current_attempt())
             .collect())
     }
 
     async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
         let state = self.lock();
-        let pending = state.by_status[slot(CallStatus::Pending)]
-            .iter()
-            .flat_map(|(_, id)| {
-                let call = &state.calls[id];
-                [Some(call.due_at()), call.expires_at]
-            });
-        let leases = state.by_status[slot(CallStatus::InProgress)]
-            .iter()
-            .map(|(_, id)| state.calls[id].lease_expires_at);
-        Ok(pending.chain(leases).flatten().filter(|at| *at > now).min())
+        Ok([&state.pending_due, &state.pending_expiry, &state.leases]
+            .into_iter()
+            .filter_map(|index| State::first_after(index, now))
+            .min())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
