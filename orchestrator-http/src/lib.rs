@@ -1,1 +1,31 @@
-//! placeholder
+//! # orchestrator-http
+//!
+//! The HTTP face of the call orchestrator: the API of SPEC section 2 on axum,
+//! the provider webhook, the HTTP provider client, the `orchestrator` and
+//! `mock-provider` binaries' logic.
+//!
+//! - [`router`](mod@router): [`router()`](fn@router::router) over an [`AppState`]; layers.
+//! - [`problem`]: RFC 9457 problem documents and the one error mapping.
+//! - [`extract`]: extractors whose rejections are problem documents.
+//! - [`calls`], [`webhook`], [`metrics`]: the handlers.
+//! - [`signature`]: Standard Webhooks signing and verification.
+//! - [`provider`]: [`HttpProvider`], the provider contract of SPEC section 3.
+//! - [`config`], [`app`]: the `orchestrator` binary's configuration and wiring.
+//! - [`mock_provider`]: the `mock-provider` binary's server.
+
+pub mod app;
+pub mod calls;
+pub mod config;
+pub mod extract;
+pub mod metrics;
+pub mod mock_provider;
+pub mod problem;
+pub mod provider;
+pub mod router;
+pub mod signature;
+pub mod webhook;
+
+pub use problem::{ApiError, FieldError, Problem};
+pub use provider::{HttpProvider, HttpProviderConfig};
+pub use router::{router, AppState, Limits};
+pub use signature::WebhookSecret;

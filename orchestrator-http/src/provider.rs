@@ -1,0 +1,320 @@
+//! `HttpProvider`: the provider contract of SPEC section 3 over HTTP (reqwest, rustls).
+//!
+//! ```text
+//! POST {base}/api/v1/calls
+//! Authorization: Bearer {api key}            (when configured)
+//! Idempotency-Key: {callId}:{attempt}
+//! {"to", "scriptId", "metadata", "webhookUrl": "{public}/callbacks/call-status?callId=..&attempt=.."}
+//! ```
+//!
+//! | answer | classification |
+//! |---|---|
+//! | 2xx with `{"callId": "<non-empty string>"}` | dialled |
+//! | 2xx without a usable `callId` | retryable, `"provider 202: no callId in the response"` |
+//! | 429 | at capacity, after `Retry-After` (delta-seconds or HTTP-date, RFC 9110 section 10.2.3) |
+//! | other 4xx | permanent, `"provider 422: <start of the body>"` |
+//! | 5xx, 1xx, 3xx (redirects are not followed) | retryable, `"provider 503"` |
+//! | timeout | retryable, `"provider timeout"` |
+//! | connection or other transport error | retryable, `"provider unreachable"` / `"provider request failed"` |
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use axum::http::header::RETRY_AFTER;
+use orchestrator_core::provider::webhook_query;
+use orchestrator_core::{DialError, DialRequest, Dialled, Provider};
+use reqwest::{StatusCode, Url};
+use serde_json::{json, Value};
+
+/// Longest provider call id accepted, in characters, from a 2xx or a webhook.
+pub const MAX_PROVIDER_CALL_ID_CHARS: usize = 512;
+/// Longest `Retry-After` honoured; longer waits are cut to this, so a
+/// misbehaving provider cannot park calls for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Most response bytes read from the provider.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Most characters of an error body quoted in `lastError`.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// How to reach the provider.
+#[derive(Clone, Debug)]
+pub struct HttpProviderConfig {
+    /// The provider's base URL (`PROVIDER_BASE_URL`); `/api/v1/calls` is appended.
+    pub base_url: Url,
+    /// Sent as `Authorization: Bearer {key}` when set (`PROVIDER_API_KEY`).
+    pub api_key: Option<String>,
+    /// Bound on one dial request, connection to last byte (`PROVIDER_TIMEOUT_MS`).
+    pub timeout: Duration,
+    /// Our externally reachable base URL (`PUBLIC_BASE_URL`), for `webhookUrl`.
+    pub public_base_url: Url,
+}
+
+/// Why an [`HttpProvider`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HttpProviderError {
+    /// A URL is not `http` or `https`, or cannot be a base.
+    #[error("{0} must be an absolute http:// or https:// URL")]
+    BadUrl(&'static str),
+    /// The API key cannot be sent in a header.
+    #[error("PROVIDER_API_KEY must be visible ASCII characters")]
+    BadApiKey,
+    /// The timeout is zero.
+    #[error("PROVIDER_TIMEOUT_MS must be at least 1")]
+    ZeroTimeout,
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("the HTTP client could not be built: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// A provider reached over HTTP. Cheap to clone: clones share the connection pool.
+#[derive(Clone, Debug)]
+pub struct HttpProvider {
+    client: reqwest::Client,
+    calls_url: Url,
+    webhook_url: String,
+    authorization: Option<String>,
+}
+
+impl HttpProvider {
+    /// A provider client for `config`.
+    ///
+    /// # Errors
+    /// [`HttpProviderError`] for a bad URL or key, a zero timeout, or a TLS set-up failure.
+    pub fn new(config: HttpProviderConfig) -> Result<Self, HttpProviderError> {
+        let calls_url = join(&config.base_url, "api/v1/calls")
+            .ok_or(HttpProviderError::BadUrl("PROVIDER_BASE_URL"))?;
+        let webhook_url = join(&config.public_base_url, "callbacks/call-status")
+            .ok_or(HttpProviderError::BadUrl("PUBLIC_BASE_URL"))?;
+        if config.timeout.is_zero() {
+            return Err(HttpProviderError::ZeroTimeout);
+        }
+        let authorization = match &config.api_key {
+            Some(key) if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(HttpProviderError::BadApiKey)
+            }
+            Some(key) => Some(format!("Bearer {key}")),
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            // A redirected POST may silently turn into a GET; a moved
+            // provider is a configuration problem to surface, not follow.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(HttpProviderError::Client)?;
+        Ok(Self {
+            client,
+            calls_url,
+            webhook_url: webhook_url.to_string(),
+            authorization,
+        })
+    }
+
+    /// The URL dial requests are posted to.
+    #[must_use]
+    pub fn calls_url(&self) -> &Url {
+        &self.calls_url
+    }
+
+    async fn send(&self, request: &DialRequest) -> Result<reqwest::Response, DialError> {
+        let mut body = json!({
+            "to": request.to,
+            "scriptId": request.script_id,
+            "webhookUrl": format!("{}?{}", self.webhook_url, webhook_query(request.attempt)),
+        });
+        // Absent metadata is left out rather than sent as `null`, which a
+        // strict provider might refuse.
+        if let (Some(metadata), Some(object)) = (&request.metadata, body.as_object_mut()) {
+            object.insert("metadata".to_owned(), metadata.clone());
+        }
+        let mut builder = self
+            .client
+            .post(self.calls_url.clone())
+            .header("idempotency-key", request.idempotency_key())
+            .json(&body);
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        builder.send().await.map_err(transport_error)
+    }
+}
+
+/// `base` with `path` appended to its path (keeping any prefix, e.g. `/v2/`).
+fn join(base: &Url, path: &str) -> Option<Url> {
+    if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+        return None;
+    }
+    let mut joined = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    joined.set_path(&format!("{prefix}/{path}"));
+    joined.set_query(None);
+    joined.set_fragment(None);
+    Some(joined)
+}
+
+fn transport_error(error: reqwest::Error) -> DialError {
+    let reason = if error.is_timeout() {
+        "provider timeout"
+    } else if error.is_connect() {
+        "provider unreachable"
+    } else {
+        "provider request failed"
+    };
+    tracing::debug!(%error, reason, "provider request failed");
+    DialError::Retryable {
+        reason: reason.to_owned(),
+    }
+}
+
+/// Reads at most [`MAX_RESPONSE_BYTES`] of the body.
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, DialError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_RESPONSE_BYTES {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// The start of an error body, on one line, for `lastError`.
+fn quote(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let flat: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_QUOTED_CHARS)
+        .collect();
+    flat
+}
+
+/// Parses `Retry-After` (RFC 9110 section 10.2.3): delta-seconds, or an
+/// HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime forms)
+/// taken relative to `now`; a date in the past means "now". Capped at
+/// [`MAX_RETRY_AFTER`]. `None` when absent or unparseable.
+#[must_use]
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Overlong digit strings are "a very long time", not an error.
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+#[async_trait]
+impl Provider for HttpProvider {
+    async fn start_call(&self, request: &DialRequest) -> Result<Dialled, DialError> {
+        let response = self.send(request).await?;
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| parse_retry_after(value, SystemTime::now()));
+            return Err(DialError::AtCapacity { retry_after });
+        }
+        if status.is_client_error() {
+            let body = read_capped(response).await.unwrap_or_default();
+            let quoted = quote(&body);
+            let reason = if quoted.is_empty() {
+                format!("provider {}", status.as_u16())
+            } else {
+                format!("provider {}: {quoted}", status.as_u16())
+            };
+            return Err(DialError::Permanent { reason });
+        }
+        if !status.is_success() {
+            return Err(DialError::Retryable {
+                reason: format!("provider {}", status.as_u16()),
+            });
+        }
+        let body = read_capped(response).await?;
+        let provider_call_id = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|value| value.get("callId")?.as_str().map(str::to_owned))
+            .filter(|id| !id.trim().is_empty() && id.chars().count() <= MAX_PROVIDER_CALL_ID_CHARS);
+        match provider_call_id {
+            Some(provider_call_id) => Ok(Dialled { provider_call_id }),
+            // The provider may or may not have started the call; retrying with
+            // the same idempotency key is safe either way.
+            None => Err(DialError::Retryable {
+                reason: format!("provider {}: no callId in the response", status.as_u16()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // The obsolete forms RFC 9110 section 5.6.7 requires recipients to accept.
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:50:07 1994", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("999999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("-5", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn urls_keep_a_base_path_prefix() {
+        let base = Url::parse("http://provider.test/v2/").unwrap();
+        assert_eq!(
+            join(&base, "api/v1/calls").unwrap().as_str(),
+            "http://provider.test/v2/api/v1/calls"
+        );
+        let bare = Url::parse("https://provider.test").unwrap();
+        assert_eq!(
+            join(&bare, "api/v1/calls").unwrap().as_str(),
+            "https://provider.test/api/v1/calls"
+        );
+        assert!(join(&Url::parse("ftp://provider.test").unwrap(), "x").is_none());
+    }
+
+    #[test]
+    fn quoted_bodies_are_short_single_lines() {
+        let body = format!("{{\"error\":\n\"bad\tnumber\"}}{}", "x".repeat(500));
+        let quoted = quote(body.as_bytes());
+        assert!(quoted.starts_with("{\"error\": \"bad number\"}"));
+        assert_eq!(quoted.chars().count(), MAX_QUOTED_CHARS);
+    }
+}

@@ -1,0 +1,139 @@
+//! `POST /callbacks/call-status`: the provider's webhook (SPEC section 4).
+//!
+//! Order of checks: the Standard Webhooks signature first, on the raw bytes
+//! (when a secret is configured), so an unauthenticated sender learns
+//! nothing about our validation; then the query hint and the JSON body; then
+//! the engine settles it. The provider's side is treated leniently where
+//! that is harmless: any `Content-Type` is read as JSON, and unknown body
+//! members or query parameters are ignored (providers add fields over time).
+//!
+//! | outcome | answer |
+//! |---|---|
+//! | settled, repeated/late, or naming an attempt never dialled | 200 `{"outcome", "callId", "status"}` |
+//! | bad signature | 401 |
+//! | unknown status, wrong types, bad timestamp, bad query values | 400 |
+//! | neither the provider id nor the query names a known call | 404 (the provider retries) |
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use orchestrator_core::provider::parse_webhook_query;
+use orchestrator_core::{AttemptRef, CallId, ReportedStatus, StatusReport, WebhookDelivery};
+use serde_json::json;
+
+use crate::extract::{parse_object, Fields, Presence, QueryPairs, RawBody};
+use crate::problem::{ApiError, FieldError};
+use crate::provider::MAX_PROVIDER_CALL_ID_CHARS;
+use crate::router::{record_call_id, AppState};
+
+/// Settles one webhook; see the module documentation for the answers.
+///
+/// # Errors
+/// 400, 401, 404 as above; 413; 503.
+pub async fn call_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: QueryPairs,
+    RawBody(body): RawBody,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if let Some(secret) = state.webhook_secret() {
+        let now = chrono::Utc::now().timestamp();
+        secret
+            .verify(&headers, &body, now)
+            .map_err(ApiError::Unauthorized)?;
+    }
+    let attempt = attempt_hint(&query)?;
+    if let Some(attempt) = attempt {
+        record_call_id(attempt.call_id);
+    }
+    let report = status_report(&body)?;
+    let delivery = WebhookDelivery { report, attempt };
+    let outcome = state.orchestrator().handle_webhook(delivery).await?;
+    let call = outcome.call();
+    if attempt.is_none() {
+        record_call_id(call.id);
+    }
+    tracing::info!(outcome = outcome.label(), status = %call.status, "webhook handled");
+    Ok(Json(json!({
+        "outcome": outcome.label(),
+        "callId": call.id,
+        "status": call.status,
+    })))
+}
+
+/// The `callId`/`attempt` we put in the webhook URL: both or neither.
+fn attempt_hint(query: &QueryPairs) -> Result<Option<AttemptRef>, ApiError> {
+    let (call_id, attempt) = (query.get("callId"), query.get("attempt"));
+    let mut errors = Vec::new();
+    if let Some(raw) = call_id {
+        if raw.parse::<CallId>().is_err() {
+            errors.push(FieldError::new(
+                "callId",
+                format!("{raw:?} is not a call id (a UUID)"),
+            ));
+        }
+    }
+    if let Some(raw) = attempt {
+        if !raw.parse::<u32>().is_ok_and(|n| n > 0) {
+            errors.push(FieldError::new(
+                "attempt",
+                format!("must be a whole number of at least 1, not {raw:?}"),
+            ));
+        }
+    }
+    match (call_id, attempt) {
+        (Some(_), None) => errors.push(FieldError::new("attempt", "is required with callId")),
+        (None, Some(_)) => errors.push(FieldError::new("callId", "is required with attempt")),
+        _ => {}
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    Ok(call_id
+        .zip(attempt)
+        .and_then(|(call_id, attempt)| parse_webhook_query(call_id, attempt)))
+}
+
+/// The webhook body of SPEC section 4.
+fn status_report(body: &[u8]) -> Result<StatusReport, ApiError> {
+    let mut fields = Fields::new(parse_object(body)?);
+    let provider_call_id = fields.parsed("callId", Presence::Required, |raw| {
+        if raw.trim().is_empty() {
+            Err("must not be empty".to_owned())
+        } else if raw.chars().count() > MAX_PROVIDER_CALL_ID_CHARS {
+            Err(format!(
+                "must be at most {MAX_PROVIDER_CALL_ID_CHARS} characters"
+            ))
+        } else {
+            Ok(raw.to_owned())
+        }
+    });
+    let status = fields.parsed("status", Presence::Required, parse_status);
+    let duration_sec = fields.u32("durationSec", Presence::Optional);
+    let completed_at = fields.timestamp("completedAt", Presence::Optional);
+    fields.finish()?;
+    let (Some(provider_call_id), Some(status)) = (provider_call_id, status) else {
+        // `finish` has refused a missing `callId` or `status` already.
+        return Err(ApiError::invalid("callId", "is required"));
+    };
+    Ok(StatusReport {
+        provider_call_id,
+        status,
+        duration_sec,
+        completed_at,
+    })
+}
+
+fn parse_status(raw: &str) -> Result<ReportedStatus, String> {
+    [
+        ReportedStatus::Completed,
+        ReportedStatus::Failed,
+        ReportedStatus::Busy,
+        ReportedStatus::NoAnswer,
+    ]
+    .into_iter()
+    .find(|status| status.as_str() == raw)
+    .ok_or_else(|| {
+        format!("unknown status {raw:?}; expected one of COMPLETED, FAILED, BUSY, NO_ANSWER")
+    })
+}

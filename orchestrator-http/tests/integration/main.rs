@@ -1,0 +1,12 @@
+//! Integration tests of orchestrator-http, in one test binary to keep link
+//! times down: the router driven with `tower::ServiceExt::oneshot`, the
+//! HTTP provider against a local stub server, and end-to-end runs over real
+//! sockets with the mock provider.
+
+mod calls;
+mod end_to_end;
+mod http_provider;
+mod malformed;
+mod metrics_and_health;
+mod support;
+mod webhook;

@@ -1,0 +1,335 @@
+//! Shared fixtures: an engine over the memory store and a scripted provider,
+//! a router over it, and request helpers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use orchestrator_core::store::{
+    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, StoreError,
+};
+use orchestrator_core::{
+    AttemptRef, Call, CallId, DialError, DialRequest, Dialled, MemoryStore, NewCall, Orchestrator,
+    PayloadPatch, Provider, Store,
+};
+use orchestrator_http::{router, AppState, Limits, WebhookSecret};
+use serde_json::Value;
+use tokio::sync::{mpsc, Mutex, Notify};
+use tower::ServiceExt as _;
+
+/// A provider that accepts every dial at once, naming it `prov-{callId}:{attempt}`.
+pub struct AcceptingProvider;
+
+#[async_trait]
+impl Provider for AcceptingProvider {
+    async fn start_call(&self, request: &DialRequest) -> Result<Dialled, DialError> {
+        Ok(Dialled {
+            provider_call_id: provider_id(request),
+        })
+    }
+}
+
+/// The provider call id [`AcceptingProvider`] gives a dial.
+pub fn provider_id(request: &DialRequest) -> String {
+    format!("prov-{}", request.idempotency_key())
+}
+
+/// A provider whose dials wait until released, announcing each dial first:
+/// lets a test act while a call is claimed but the provider has not answered.
+pub struct GatedProvider {
+    entered: mpsc::UnboundedSender<DialRequest>,
+    release: Arc<Notify>,
+}
+
+impl GatedProvider {
+    /// The provider, the stream of dials it entered, and the release switch.
+    pub fn new() -> (
+        Self,
+        Mutex<mpsc::UnboundedReceiver<DialRequest>>,
+        Arc<Notify>,
+    ) {
+        let (entered, dials) = mpsc::unbounded_channel();
+        let release = Arc::new(Notify::new());
+        (
+            Self {
+                entered,
+                release: Arc::clone(&release),
+            },
+            Mutex::new(dials),
+            release,
+        )
+    }
+}
+
+#[async_trait]
+impl Provider for GatedProvider {
+    async fn start_call(&self, request: &DialRequest) -> Result<Dialled, DialError> {
+        let released = self.release.notified();
+        let _ = self.entered.send(request.clone());
+        released.await;
+        Ok(Dialled {
+            provider_call_id: provider_id(request),
+        })
+    }
+}
+
+/// A router and the engine behind it (not started: tests call `tick`).
+pub struct TestApp {
+    pub router: Router,
+    pub engine: Orchestrator,
+}
+
+impl TestApp {
+    /// Memory store, accepting provider, no webhook secret.
+    pub fn new() -> Self {
+        Self::with(
+            Arc::new(MemoryStore::new()),
+            Arc::new(AcceptingProvider),
+            None,
+        )
+    }
+
+    /// Memory store, accepting provider, signatures required with `secret`.
+    pub fn signed(secret: &WebhookSecret) -> Self {
+        Self::with(
+            Arc::new(MemoryStore::new()),
+            Arc::new(AcceptingProvider),
+            Some(secret.clone()),
+        )
+    }
+
+    pub fn with(
+        store: Arc<dyn Store>,
+        provider: Arc<dyn Provider>,
+        secret: Option<WebhookSecret>,
+    ) -> Self {
+        Self::with_limits(store, provider, secret, Limits::default())
+    }
+
+    pub fn with_limits(
+        store: Arc<dyn Store>,
+        provider: Arc<dyn Provider>,
+        secret: Option<WebhookSecret>,
+        limits: Limits,
+    ) -> Self {
+        let engine = Orchestrator::builder(store, provider)
+            .seed(7)
+            .build()
+            .expect("default engine config is valid");
+        let state = AppState::new(engine.clone())
+            .with_webhook_secret(secret)
+            .with_limits(limits);
+        Self {
+            router: router(state),
+            engine,
+        }
+    }
+
+    /// Sends one request through the router.
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body reads");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            body,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.send(request(Method::GET, uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    pub async fn post_json(&self, uri: &str, body: &Value) -> Reply {
+        self.send(json_request(Method::POST, uri, body)).await
+    }
+
+    pub async fn patch_json(&self, uri: &str, body: &Value) -> Reply {
+        self.send(json_request(Method::PATCH, uri, body)).await
+    }
+
+    /// Creates a call to `to` and returns its id.
+    pub async fn create(&self, to: &str) -> String {
+        let reply = self
+            .post_json(
+                "/calls",
+                &serde_json::json!({"to": to, "scriptId": "welcomeFlow"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        reply.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Runs one dispatch round and waits for its dials.
+    pub async fn dispatch(&self) {
+        self.engine.tick().await.expect("dispatch round");
+    }
+}
+
+pub fn request(method: Method, uri: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(uri)
+}
+
+pub fn json_request(method: Method, uri: &str, body: &Value) -> Request<Body> {
+    request(method, uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts this is an RFC 9457 problem document with `status`; returns it.
+    pub fn problem(&self, status: StatusCode) -> &Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(
+            self.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{}",
+            self.text
+        );
+        assert_eq!(self.body["status"], status.as_u16(), "{}", self.text);
+        for member in ["type", "title", "detail"] {
+            assert!(self.body[member].is_string(), "{member} in {}", self.text);
+        }
+        &self.body
+    }
+
+    /// The fields named in the problem's `errors`.
+    pub fn fields(&self) -> Vec<String> {
+        self.body["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .filter_map(|error| error["field"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// How [`BrokenStore::ping`] misbehaves.
+#[derive(Clone, Copy, Debug)]
+pub enum Ping {
+    /// Answers "unavailable" at once.
+    Fails,
+    /// Never answers.
+    Hangs,
+}
+
+/// A memory store whose `ping` and `counts` misbehave, for readiness and timeouts.
+pub struct BrokenStore {
+    inner: MemoryStore,
+    ping: Ping,
+}
+
+impl BrokenStore {
+    pub fn new(ping: Ping) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            ping,
+        }
+    }
+
+    async fn misbehave<T>(&self) -> Result<T, StoreError> {
+        match self.ping {
+            Ping::Fails => Err(StoreError::Unavailable(
+                "connection refused (db:5432)".into(),
+            )),
+            Ping::Hangs => std::future::pending().await,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for BrokenStore {
+    async fn create(
+        &self,
+        id: CallId,
+        new: &NewCall,
+        now: DateTime<Utc>,
+    ) -> Result<Created, StoreError> {
+        self.inner.create(id, new, now).await
+    }
+    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
+        self.inner.update_payload(id, patch).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn counts(&self) -> Result<StatusCounts, StoreError> {
+        self.misbehave().await
+    }
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
+        self.inner.claim(request).await
+    }
+    async fn record_dial(
+        &self,
+        attempt: AttemptRef,
+        provider_call_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.record_dial(attempt, provider_call_id).await
+    }
+    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
+        self.inner.find_attempt(provider_call_id).await
+    }
+    async fn settle(
+        &self,
+        attempt: AttemptRef,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        self.inner.settle(attempt, settlement).await
+    }
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
+        self.inner.expire_due(now).await
+    }
+    async fn stale_attempts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptRef>, StoreError> {
+        self.inner.stale_attempts(now, limit).await
+    }
+    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_timer(now).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.misbehave().await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe()
+    }
+}

@@ -1,0 +1,161 @@
+//! The claim: the only way a call becomes `IN_PROGRESS`.
+//!
+//! One transaction per claim:
+//! 1. `pg_advisory_xact_lock` serialises claimers across every process and
+//!    connection sharing the database (the lock is held until commit or
+//!    rollback; a crashed client's transaction is rolled back by the server,
+//!    which releases it).
+//! 2. Under the lock, a fresh snapshot (READ COMMITTED takes one per
+//!    statement) reads the `IN_PROGRESS` calls: their count is exact up to
+//!    settlements committing concurrently, which can only make it too high,
+//!    never too low, because nobody but a lock holder adds to it.
+//! 3. Due calls are read oldest first with `FOR UPDATE SKIP LOCKED`, skipping
+//!    busy numbers and numbers already taken by this batch, page by page until
+//!    the free capacity is filled or the queue is exhausted.
+//! 4. One statement moves them to `IN_PROGRESS` and writes their history rows.
+//!
+//! The partial unique index `calls_one_in_progress_per_number` backs up the
+//! per-number rule whatever the writer. See ARCHITECTURE-pg.md for the full
+//! argument.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use orchestrator_core::call::Call;
+use orchestrator_core::clock;
+use orchestrator_core::store::ClaimRequest;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::PgError;
+use crate::row::{call_columns, calls, CallRow};
+
+/// The advisory lock every claimer takes (two-key form; see the migration).
+pub(crate) const CLAIM_LOCK: (i32, i32) = (1_869_771_365, 1);
+
+/// Largest page of candidates read at once: bounds the rows one claim locks
+/// beyond those it takes.
+const MAX_PAGE: usize = 1000;
+
+const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
+
+const BUSY: &str = "SELECT to_number FROM calls WHERE status = 'IN_PROGRESS'";
+
+/// Due means what `Call::due_at` and `expires_at` say in the memory store:
+/// `due_at` (creation, `notBefore`, back-off) has passed and the call has not
+/// expired. `$2` excludes busy numbers and numbers already in the batch.
+const FIRST_PAGE: &str = "\
+    SELECT id, to_number, created_at FROM calls \
+    WHERE status = 'PENDING' AND due_at <= $1 AND (expires_at IS NULL OR expires_at > $1) \
+      AND to_number <> ALL($2) \
+    ORDER BY created_at, id \
+    LIMIT $3 \
+    FOR UPDATE SKIP LOCKED";
+
+const NEXT_PAGE: &str = "\
+    SELECT id, to_number, created_at FROM calls \
+    WHERE status = 'PENDING' AND due_at <= $1 AND (expires_at IS NULL OR expires_at > $1) \
+      AND to_number <> ALL($2) \
+      AND (created_at, id) > ($4, $5) \
+    ORDER BY created_at, id \
+    LIMIT $3 \
+    FOR UPDATE SKIP LOCKED";
+
+/// The `Claim` transition of `orchestrator_core::state::transition`, set-based:
+/// one more attempt, `startedAt = now`, a lease, no back-off, no provider id.
+/// One `call_event_seq` value for the whole batch orders it among all claims
+/// and settlements.
+const TAKE: &str = concat!(
+    "WITH claimed AS ( \
+        UPDATE calls SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = $2, \
+            lease_expires_at = $3, next_attempt_at = NULL, provider_call_id = NULL \
+        WHERE id = ANY($1) AND status = 'PENDING' \
+        RETURNING ",
+    call_columns!(),
+    " ), history AS ( \
+        INSERT INTO call_attempts (call_id, claim_seq, attempt, to_number, claimed_at, lease_expires_at) \
+        SELECT id, (SELECT nextval('call_event_seq')), attempts, to_number, started_at, lease_expires_at \
+        FROM claimed \
+    ) \
+    SELECT * FROM claimed ORDER BY created_at, id"
+);
+
+/// Claims as [`orchestrator_core::Store::claim`] says, inside the caller's
+/// transaction `tx` (which must be fresh: the lock has to come before any
+/// snapshot this claim relies on).
+pub(crate) async fn claim(
+    tx: &mut PgConnection,
+    request: &ClaimRequest,
+) -> Result<Vec<Call>, PgError> {
+    if request.limit == 0 || request.max_in_flight == 0 {
+        return Ok(Vec::new());
+    }
+    sqlx::query(LOCK)
+        .bind(CLAIM_LOCK.0)
+        .bind(CLAIM_LOCK.1)
+        .execute(&mut *tx)
+        .await?;
+    let mut excluded: Vec<String> = sqlx::query_scalar(BUSY).fetch_all(&mut *tx).await?;
+    let in_flight = excluded.len();
+    let free = (request.max_in_flight as usize).saturating_sub(in_flight);
+    let want = free.min(request.limit as usize);
+    if want == 0 {
+        return Ok(Vec::new());
+    }
+    let chosen = choose(tx, request.now, want, &mut excluded).await?;
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lease_until = clock::add(request.now, request.lease);
+    let rows: Vec<CallRow> = sqlx::query_as(TAKE)
+        .bind(&chosen)
+        .bind(request.now)
+        .bind(lease_until)
+        .fetch_all(&mut *tx)
+        .await?;
+    calls(rows)
+}
+
+/// Up to `want` due calls, oldest first, at most one per number and none to
+/// a number in `excluded` (which grows with the numbers chosen). Every
+/// returned row is locked by `tx`.
+async fn choose(
+    tx: &mut PgConnection,
+    now: DateTime<Utc>,
+    want: usize,
+    excluded: &mut Vec<String>,
+) -> Result<Vec<Uuid>, PgError> {
+    // Half as many again as needed, so a batch usually fills in one page
+    // even when a few candidates share a number, without locking many rows
+    // it will not take; later pages exclude the numbers already chosen.
+    let page = (want + want / 2 + 4).min(MAX_PAGE);
+    let page_limit = i64::try_from(page).unwrap_or(i64::MAX);
+    let mut chosen = Vec::with_capacity(want);
+    let mut taken: HashSet<String> = HashSet::new();
+    let mut after: Option<(DateTime<Utc>, Uuid)> = None;
+    loop {
+        let query = match after {
+            None => sqlx::query_as(FIRST_PAGE),
+            Some(_) => sqlx::query_as(NEXT_PAGE),
+        };
+        let mut query = query.bind(now).bind(&*excluded).bind(page_limit);
+        if let Some((created_at, id)) = after {
+            query = query.bind(created_at).bind(id);
+        }
+        let rows: Vec<(Uuid, String, DateTime<Utc>)> = query.fetch_all(&mut *tx).await?;
+        let exhausted = rows.len() < page;
+        after = rows.last().map(|(id, _, created_at)| (*created_at, *id));
+        for (id, to_number, _) in rows {
+            if chosen.len() == want {
+                break;
+            }
+            if taken.insert(to_number.clone()) {
+                chosen.push(id);
+                excluded.push(to_number);
+            }
+        }
+        if chosen.len() == want || exhausted {
+            return Ok(chosen);
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Behaviours only the PostgreSQL store has: migrations, durability, the
+//! database-enforced per-number rule, cross-process wake-ups, exact counters.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use orchestrator_core::call::{CallId, CallStatus, NewCall};
+use orchestrator_core::store::{ClaimRequest, Settlement, StatusCounts};
+use orchestrator_core::{PhoneNumber, Store};
+use orchestrator_pg::{testing, PgStore, LISTENER_APPLICATION_NAME, MIGRATOR};
+use sqlx::error::ErrorKind;
+
+/// How long a wake-up may take before the test fails; they arrive in
+/// milliseconds, the margin is for a loaded CI machine.
+const WAKE_UP_DEADLINE: Duration = Duration::from_secs(5);
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap() + chrono::TimeDelta::seconds(secs)
+}
+
+fn new_call(n: u32) -> NewCall {
+    let mut new = NewCall::new(
+        PhoneNumber::parse(&format!("+1415555{n:04}")).unwrap(),
+        "welcomeFlow",
+    );
+    new.payload.metadata =
+        Some(serde_json::json!({ "customer": n, "big": 1e19, "nul": "a\u{0}b" }));
+    new
+}
+
+async fn migrated_store() -> (String, PgStore) {
+    let url = testing::fresh_database_url().await;
+    let store = PgStore::connect(&url).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    (url, store)
+}
+
+fn claim_at(secs: i64, max_in_flight: u32) -> ClaimRequest {
+    ClaimRequest {
+        now: t(secs),
+        max_in_flight,
+        limit: 30,
+        lease: Duration::from_secs(900),
+    }
+}
+
+/// Counts by scanning `calls`, to check the trigger-maintained counters.
+async fn counted(store: &PgStore) -> StatusCounts {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM calls GROUP BY status")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let mut counts = StatusCounts::default();
+    for (status, n) in rows {
+        counts.set(status.parse().unwrap(), n as u64);
+    }
+    counts
+}
+
+#[tokio::test]
+async fn migrations_apply_twice_idempotently() {
+    let (url, store) = migrated_store().await;
+    store.migrate().await.expect("second migrate is a no-op");
+    let again = PgStore::connect(&url).await.expect("connect");
+    again
+        .migrate()
+        .await
+        .expect("a second process migrates too");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, MIGRATOR.iter().count());
+}
+
+#[tokio::test]
+async fn a_call_survives_reconnect() {
+    let (url, store) = migrated_store().await;
+    let created = store
+        .create(CallId::new_v7(t(0)), &new_call(1), t(0))
+        .await
+        .unwrap()
+        .call;
+    store.pool().close().await;
+    drop(store);
+
+    let reopened = PgStore::connect(&url).await.expect("reconnect");
+    assert_eq!(reopened.get(created.id).await.unwrap(), created);
+    let claimed = reopened.claim(&claim_at(1, 5)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, created.id);
+}
+
+#[tokio::test]
+async fn metadata_round_trips_byte_for_byte() {
+    let (_, store) = migrated_store().await;
+    let new = new_call(7);
+    let call = store
+        .create(CallId::new_v7(t(0)), &new, t(0))
+        .await
+        .unwrap()
+        .call;
+    assert_eq!(call.payload.metadata, new.payload.metadata);
+    assert_eq!(store.get(call.id).await.unwrap().payload, new.payload);
+}
+
+#[tokio::test]
+async fn the_database_rejects_a_second_in_progress_call_for_one_number() {
+    let (_, store) = migrated_store().await;
+    let first = store
+        .create(CallId::new_v7(t(0)), &new_call(1), t(0))
+        .await
+        .unwrap()
+        .call;
+    let second = store
+        .create(CallId::new_v7(t(1)), &new_call(1), t(1))
+        .await
+        .unwrap()
+        .call;
+    let in_progress = "UPDATE calls SET status = 'IN_PROGRESS', attempts = 1, \
+                       lease_expires_at = $2 WHERE id = $1";
+    sqlx::query(in_progress)
+        .bind(first.id.0)
+        .bind(t(900))
+        .execute(store.pool())
+        .await
+        .expect("the first call of the number may be in progress");
+    let error = sqlx::query(in_progress)
+        .bind(second.id.0)
+        .bind(t(900))
+        .execute(store.pool())
+        .await
+        .expect_err("a second call of the number may not");
+    let db = error.as_database_error().expect("a database error");
+    assert_eq!(db.kind(), ErrorKind::UniqueViolation);
+    assert_eq!(db.constraint(), Some("calls_one_in_progress_per_number"));
+}
+
+#[tokio::test]
+async fn notify_from_one_store_wakes_another_stores_subscriber() {
+    let (url, writer) = migrated_store().await;
+    let reader = PgStore::connect(&url).await.expect("second store");
+    let mut changes = reader.subscribe();
+
+    let started = Instant::now();
+    let call = writer
+        .create(CallId::new_v7(t(0)), &new_call(1), t(0))
+        .await
+        .unwrap()
+        .call;
+    tokio::time::timeout(WAKE_UP_DEADLINE, changes.changed())
+        .await
+        .expect("create wakes the other store")
+        .unwrap();
+    println!("create -> other store's wake-up: {:?}", started.elapsed());
+
+    let claimed = writer.claim(&claim_at(1, 5)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, call.id);
+    changes.mark_unchanged();
+    let started = Instant::now();
+    writer
+        .settle(
+            claimed[0].current_attempt(),
+            Settlement::Completed {
+                at: t(2),
+                duration_sec: Some(1),
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(WAKE_UP_DEADLINE, changes.changed())
+        .await
+        .expect("settle wakes the other store")
+        .unwrap();
+    println!("settle -> other store's wake-up: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_lost_listener_connection_is_re_established_and_signalled() {
+    let (url, writer) = migrated_store().await;
+    let reader = PgStore::connect(&url).await.expect("second store");
+    let mut changes = reader.subscribe();
+
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(LISTENER_APPLICATION_NAME)
+    .fetch_all(writer.pool())
+    .await
+    .unwrap();
+    assert_eq!(terminated, vec![true, true], "one listener per store");
+
+    // Nothing changed, but a notification might have been lost while the
+    // connection was down: the reader is told so once it is back.
+    tokio::time::timeout(WAKE_UP_DEADLINE, changes.changed())
+        .await
+        .expect("the reconnect is signalled")
+        .unwrap();
+    changes.mark_unchanged();
+    writer
+        .create(CallId::new_v7(t(0)), &new_call(1), t(0))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAKE_UP_DEADLINE, changes.changed())
+        .await
+        .expect("notifications flow again after the reconnect")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_creates_with_one_idempotency_key_store_one_call() {
+    let (url, first) = migrated_store().await;
+    let second = PgStore::connect(&url).await.expect("second store");
+    let stores = [Arc::new(first), Arc::new(second)];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16u32 {
+        let store = Arc::clone(&stores[(i % 2) as usize]);
+        tasks.spawn(async move {
+            let mut new = new_call(i);
+            new.idempotency_key = Some("order-42".into());
+            let now = t(i64::from(i));
+            store.create(CallId::new_v7(now), &new, now).await.unwrap()
+        });
+    }
+    let results = tasks.join_all().await;
+    assert_eq!(results.iter().filter(|created| created.created).count(), 1);
+    let first_call = &results.iter().find(|created| created.created).unwrap().call;
+    assert!(results
+        .iter()
+        .all(|created| created.call.id == first_call.id));
+    assert_eq!(stores[0].counts().await.unwrap().total(), 1);
+}
+
+#[tokio::test]
+async fn counts_stay_exact_through_compaction() {
+    let (_, store) = migrated_store().await;
+    for n in 0..20 {
+        store
+            .create(CallId::new_v7(t(n)), &new_call(n as u32 % 7), t(n))
+            .await
+            .unwrap();
+    }
+    let claimed = store.claim(&claim_at(100, 5)).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    for (i, call) in claimed.iter().enumerate() {
+        let settlement = match i % 3 {
+            0 => Settlement::Completed {
+                at: t(101),
+                duration_sec: None,
+            },
+            1 => Settlement::Failed {
+                error: "BUSY".into(),
+                at: t(101),
+                duration_sec: None,
+            },
+            _ => Settlement::Retry {
+                error: "provider 503".into(),
+                retry_at: t(130),
+            },
+        };
+        store
+            .settle(call.current_attempt(), settlement)
+            .await
+            .unwrap();
+    }
+    store.expire_due(t(100)).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), counted(&store).await);
+
+    sqlx::query("SELECT compact_call_status_counts()")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM call_status_counts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(
+        rows <= 5,
+        "compaction leaves one row per status, found {rows}"
+    );
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts, counted(&store).await);
+    assert_eq!(counts.get(CallStatus::Pending), 15 + 1);
+    assert_eq!(counts.get(CallStatus::Completed), 2);
+    assert_eq!(counts.get(CallStatus::Failed), 2);
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable() {
+    // Port 1 on the loopback: nothing listens there.
+    let error = PgStore::connect("postgres://nobody@127.0.0.1:1/nothing")
+        .await
+        .expect_err("nothing to connect to");
+    assert!(
+        matches!(error, orchestrator_core::StoreError::Unavailable(_)),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn claim_looks_past_a_backlog_of_one_number() {
+    let (_, store) = migrated_store().await;
+    // 50 calls to number 1 first, then one each to numbers 2 to 4: the claim
+    // has to page past the backlog (its pages are a few rows) to fill up.
+    for i in 0..50 {
+        store
+            .create(CallId::new_v7(t(i)), &new_call(1), t(i))
+            .await
+            .unwrap();
+    }
+    for n in 2..=4 {
+        let at = t(100 + i64::from(n));
+        store
+            .create(CallId::new_v7(at), &new_call(n), at)
+            .await
+            .unwrap();
+    }
+    let mut request = claim_at(200, 10);
+    request.limit = 4;
+    let claimed = store.claim(&request).await.unwrap();
+    let numbers: Vec<&str> = claimed.iter().map(|c| c.payload.to.as_str()).collect();
+    assert_eq!(
+        numbers,
+        [
+            "+14155550001",
+            "+14155550002",
+            "+14155550003",
+            "+14155550004"
+        ]
+    );
+    assert_eq!(claimed[0].created_at, t(0), "the oldest call of the number");
+
+    // With every number busy, the backlog is skipped and nothing consumed.
+    assert!(store.claim(&request).await.unwrap().is_empty());
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.get(CallStatus::InProgress), 4);
+    assert_eq!(counts.get(CallStatus::Pending), 49);
+    let untouched: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM calls WHERE status = 'PENDING' AND attempts = 0")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(untouched, 49);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_due_from_many_stores_at_once_expires_each_call_once() {
+    let (url, first) = migrated_store().await;
+    sqlx::query(
+        "INSERT INTO calls (id, to_number, script_id, status, attempts, created_at, expires_at) \
+         SELECT gen_random_uuid(), '+1415555' || lpad(i::text, 4, '0'), 's', 'PENDING', 0, $1, $2 \
+         FROM generate_series(1, 2000) AS i",
+    )
+    .bind(t(0))
+    .bind(t(10))
+    .execute(first.pool())
+    .await
+    .unwrap();
+    let mut stores = vec![Arc::new(first)];
+    for _ in 0..3 {
+        stores.push(Arc::new(PgStore::connect(&url).await.unwrap()));
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for store in &stores {
+        for _ in 0..2 {
+            let store = Arc::clone(store);
+            tasks.spawn(async move { store.expire_due(t(20)).await.unwrap() });
+        }
+    }
+    let mut expired: Vec<CallId> = tasks.join_all().await.into_iter().flatten().collect();
+    // Rows another store held were skipped, and that store expired them.
+    let total = expired.len();
+    expired.sort();
+    expired.dedup();
+    assert_eq!(total, expired.len(), "a call was expired twice");
+    assert_eq!(expired.len(), 2000);
+    let counts = stores[0].counts().await.unwrap();
+    assert_eq!(counts.get(CallStatus::Expired), 2000);
+    assert_eq!(counts.get(CallStatus::Pending), 0);
+}
