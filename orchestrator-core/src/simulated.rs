@@ -109,7 +109,8 @@ pub struct StartedCall {
 struct State {
     rng: ChaCha8Rng,
     config: SimulationConfig,
-    sink: Option<WebhookSink>,
+    /// Every engine bound to this provider, newest first; closed ones are dropped.
+    sinks: Vec<WebhookSink>,
     /// Idempotency key → provider call id, so a re-sent attempt starts nothing new.
     by_key: HashMap<AttemptRef, String>,
     started: Vec<StartedCall>,
@@ -148,7 +149,7 @@ impl SimulatedProvider {
             state: Arc::new(Mutex::new(State {
                 rng: ChaCha8Rng::seed_from_u64(config.seed),
                 config,
-                sink: None,
+                sinks: Vec::new(),
                 by_key: HashMap::new(),
                 started: Vec::new(),
                 requests: 0,
@@ -253,10 +254,13 @@ impl SimulatedProvider {
             let sink = {
                 let mut state = self.lock();
                 state.webhooks_sent += 1;
-                state.sink.clone()
+                // Like a load balancer in front of several engines: any live
+                // engine may receive the webhook.
+                state.sinks.retain(|sink| !sink.0.is_closed());
+                state.sinks.first().cloned()
             };
-            // No engine bound, or it stopped: the webhook is lost, as it would
-            // be if nobody listened at the webhook URL.
+            // No engine running: the webhook is lost, as it would be if nobody
+            // listened at the webhook URL.
             if let Some(sink) = sink {
                 let _ = sink
                     .deliver(WebhookDelivery {
@@ -359,6 +363,6 @@ impl Provider for SimulatedProvider {
     }
 
     fn bind_webhooks(&self, sink: WebhookSink) {
-        self.lock().sink = Some(sink);
+        self.lock().sinks.insert(0, sink);
     }
 }

@@ -182,7 +182,9 @@ pub enum Settlement {
         /// Back-off deadline.
         retry_at: DateTime<Utc>,
     },
-    /// The provider was at capacity (429): back to `PENDING` and the attempt is given back.
+    /// The provider was at capacity (429): back to `PENDING` and the attempt is
+    /// given back, so the same `(callId, attempt)` becomes current again at the
+    /// next claim (and the re-dial reuses its idempotency key).
     Capacity {
         /// `Retry-After` deadline.
         retry_at: DateTime<Utc>,
@@ -292,7 +294,9 @@ pub trait Store: Send + Sync + 'static {
         settlement: Settlement,
     ) -> Result<Settled, StoreError>;
 
-    /// Expires every `PENDING` call whose `expiresAt <= now` and returns their ids.
+    /// Expires the `PENDING` calls whose `expiresAt <= now` and returns their ids.
+    /// A shared store may skip a call another transaction holds at that
+    /// instant (e.g. a concurrent PATCH); the next round expires it.
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError>;
 
     /// Up to `limit` `IN_PROGRESS` attempts whose lease ran out (`<= now`),

@@ -139,7 +139,14 @@ fn start_cluster() -> Result<String, String> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
+    // The `postgres` user must reach the directory: a root's TMPDIR (say,
+    // under /root) may not let it, /tmp always does.
+    let temp = if runner.as_postgres {
+        PathBuf::from("/tmp")
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = temp.join(format!(
         "orchestrator-pg-test-{}-{nanos}",
         std::process::id()
     ));
