@@ -12,6 +12,13 @@
 //! - [`provider`]: [`HttpProvider`], the provider contract of SPEC section 3.
 //! - [`config`], [`app`]: the `orchestrator` binary's configuration and wiring.
 //! - [`mock_provider`]: the `mock-provider` binary's server.
+//!
+//! Input policy: the client API (`/calls`) is strict, it rejects unknown
+//! body members and query parameters with 400 naming them, since a misspelt
+//! optional field would otherwise be dropped silently; the provider's
+//! webhook is lenient about what it cannot misread (unknown members and
+//! query parameters are ignored, any `Content-Type` is read as JSON) and
+//! strict about what it settles (status, types, timestamps, signature).
 
 pub mod app;
 pub mod calls;

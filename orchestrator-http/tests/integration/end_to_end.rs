@@ -172,6 +172,17 @@ async fn calls_complete_through_real_signed_webhooks_on_the_memory_store() {
             "{webhook}"
         );
     }
+    // The mock counts a delivery when it reads our 200, a moment after the
+    // call settled here.
+    let started = Instant::now();
+    while mock.webhooks_delivered() < NUMBERS.len() as u64 {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "webhooks delivered: {}",
+            mock.webhooks_delivered()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(mock.webhooks_delivered(), NUMBERS.len() as u64);
 
     let counts: Value = reqwest::get(format!("{base}/metrics"))
