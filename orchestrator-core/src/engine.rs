@@ -26,7 +26,7 @@ use crate::retry::RetryDecision;
 use crate::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
 };
-use crate::validate::{validate_new_call, validate_patch, Invalid};
+use crate::validate::{validate_new_call, validate_patch, validate_provider_call_id, Invalid};
 
 /// Stale leases settled per round; more are picked up by the next round.
 const STALE_BATCH: u32 = 100;
@@ -306,6 +306,7 @@ impl Orchestrator {
     ) -> Result<WebhookOutcome, EngineError> {
         let inner = &self.inner;
         let report = delivery.report;
+        validate_provider_call_id(&report.provider_call_id)?;
         let attempt = match inner.store.find_attempt(&report.provider_call_id).await? {
             Some(attempt) => attempt,
             None => {
@@ -525,6 +526,15 @@ impl Inner {
         let attempt = request.attempt;
         let result = self.provider.start_call(&request).await;
         let now = self.clock.now();
+        let result =
+            result.and_then(
+                |dialled| match validate_provider_call_id(&dialled.provider_call_id) {
+                    Ok(()) => Ok(dialled),
+                    Err(invalid) => Err(DialError::Retryable {
+                        reason: format!("provider answered with an invalid {invalid}"),
+                    }),
+                },
+            );
         let (label, settlement) = match result {
             Ok(dialled) => {
                 metrics::counter!("orchestrator_dials_total", "outcome" => "accepted").increment(1);

@@ -86,7 +86,7 @@ impl CallEvent {
 
 /// The event is not allowed in the call's current status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {event} a call that is {from}")]
+#[error("{event} is not allowed on a call that is {from}")]
 pub struct TransitionError {
     /// The call's status.
     pub from: CallStatus,

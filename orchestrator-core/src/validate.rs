@@ -8,6 +8,8 @@ use crate::call::{NewCall, PayloadPatch};
 pub const MAX_SCRIPT_ID_CHARS: usize = 256;
 /// Largest `metadata`, in bytes of compact JSON.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Longest provider call id we accept, in characters.
+pub const MAX_PROVIDER_CALL_ID_CHARS: usize = 512;
 /// Longest idempotency key, in characters.
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
@@ -107,4 +109,47 @@ pub fn validate_patch(patch: &PayloadPatch) -> Result<(), Invalid> {
         check_script_id(script_id)?;
     }
     check_metadata(patch.metadata.as_ref())
+}
+
+/// Checks a provider call id (from a dial's answer or a webhook): 1 to
+/// [`MAX_PROVIDER_CALL_ID_CHARS`] characters, no control characters (which
+/// PostgreSQL text cannot hold, and which no provider uses).
+///
+/// # Errors
+/// [`Invalid`] naming `callId`.
+pub fn validate_provider_call_id(id: &str) -> Result<(), Invalid> {
+    if id.trim().is_empty() {
+        return Err(Invalid::new("callId", "must not be empty"));
+    }
+    if id.chars().count() > MAX_PROVIDER_CALL_ID_CHARS {
+        return Err(Invalid::new(
+            "callId",
+            format!("must be at most {MAX_PROVIDER_CALL_ID_CHARS} characters"),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            "callId",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_call_ids_are_bounded_printable_text() {
+        assert!(validate_provider_call_id("CA1234-abc").is_ok());
+        for bad in ["", "  ", "a\u{0}b", "line\nbreak"] {
+            assert_eq!(
+                validate_provider_call_id(bad).map_err(|e| e.field),
+                Err("callId")
+            );
+        }
+        let long = "x".repeat(MAX_PROVIDER_CALL_ID_CHARS + 1);
+        assert!(validate_provider_call_id(&long).is_err());
+    }
 }

@@ -891,6 +891,27 @@ async fn unknown_provider_call_id_without_query_is_not_found() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn provider_call_id_with_control_characters_is_invalid_and_changes_nothing() {
+    let h = Harness::accepting(config());
+    let pending = h.create(call_to("+966501234567")).await;
+    h.engine.tick().await.expect("tick");
+    let result = h
+        .engine
+        .handle_webhook(webhook(
+            "p-\u{0}",
+            ReportedStatus::Completed,
+            Some(attempt(pending.id, 1)),
+        ))
+        .await;
+    assert!(
+        matches!(result, Err(EngineError::Invalid(ref invalid)) if invalid.field == "callId"),
+        "{result:?}"
+    );
+    let call = h.engine.get_call(pending.id).await.expect("get");
+    assert_eq!(call.status, CallStatus::InProgress);
+}
+
+#[tokio::test(start_paused = true)]
 async fn query_naming_an_attempt_never_dialled_is_ignored_and_changes_nothing() {
     let h = Harness::accepting(config());
     let pending = h.create(call_to("+966501234567")).await;

@@ -35,6 +35,9 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// call fails with [`StoreError::Unavailable`].
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`Store::ping`] waits before calling the database unavailable.
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 const INSERT: &str = concat!(
     "INSERT INTO calls (id, to_number, script_id, metadata, status, attempts, created_at, \
                         not_before, expires_at, idempotency_key) \
@@ -571,11 +574,12 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .or_store()
+        // Readiness probes want a prompt answer, not the pool's acquire timeout.
+        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(PING_TIMEOUT, ping).await {
+            Ok(result) => result.map(|_| ()).or_store(),
+            Err(elapsed) => Err(StoreError::Unavailable(Box::new(elapsed))),
+        }
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
