@@ -33,6 +33,30 @@ pub struct OutcomeMix {
     pub no_answer: u32,
 }
 
+impl OutcomeMix {
+    /// Draws one outcome with these weights; `COMPLETED` when every weight is 0.
+    pub fn pick(&self, rng: &mut impl Rng) -> ReportedStatus {
+        let weighted = [
+            (self.completed, ReportedStatus::Completed),
+            (self.failed, ReportedStatus::Failed),
+            (self.busy, ReportedStatus::Busy),
+            (self.no_answer, ReportedStatus::NoAnswer),
+        ];
+        let total: u32 = weighted.iter().map(|(weight, _)| weight).sum();
+        if total == 0 {
+            return ReportedStatus::Completed;
+        }
+        let mut roll = rng.random_range(0..total);
+        for (weight, status) in weighted {
+            if roll < weight {
+                return status;
+            }
+            roll -= weight;
+        }
+        ReportedStatus::Completed
+    }
+}
+
 impl Default for OutcomeMix {
     /// 85 % completed, 5 % each of failed, busy and no answer.
     fn default() -> Self {
@@ -218,7 +242,7 @@ impl SimulatedProvider {
             Plan::Accept
         };
         let duration = uniform(rng, &config.call_duration);
-        let status = pick_outcome(rng, config.outcomes);
+        let status = config.outcomes.pick(rng);
         let lost = rng.random::<f64>() < faults.lost_webhook;
         let duplicate = rng.random::<f64>() < faults.duplicate_webhook;
         let early = rng.random::<f64>() < faults.early_webhook;
@@ -302,27 +326,6 @@ fn uniform(rng: &mut ChaCha8Rng, range: &RangeInclusive<Duration>) -> Duration {
     }
     let micros = rng.random_range(low..=high);
     Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
-}
-
-fn pick_outcome(rng: &mut ChaCha8Rng, mix: OutcomeMix) -> ReportedStatus {
-    let weighted = [
-        (mix.completed, ReportedStatus::Completed),
-        (mix.failed, ReportedStatus::Failed),
-        (mix.busy, ReportedStatus::Busy),
-        (mix.no_answer, ReportedStatus::NoAnswer),
-    ];
-    let total: u32 = weighted.iter().map(|(weight, _)| weight).sum();
-    if total == 0 {
-        return ReportedStatus::Completed;
-    }
-    let mut roll = rng.random_range(0..total);
-    for (weight, status) in weighted {
-        if roll < weight {
-            return status;
-        }
-        roll -= weight;
-    }
-    ReportedStatus::Completed
 }
 
 #[async_trait]

@@ -273,3 +273,28 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         task,
     })
 }
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM: the signal both binaries shut down on.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        biased;
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -248,7 +248,7 @@ impl MockProvider {
             if let Some(key) = &idempotency_key {
                 inner.by_key.insert(key.clone(), id.clone());
             }
-            let status = pick_outcome(&mut inner.rng, inner.config.outcomes);
+            let status = inner.config.outcomes.pick(&mut inner.rng);
             let planned = Planned {
                 provider_call_id: id.clone(),
                 webhook_url,
@@ -328,27 +328,6 @@ struct Planned {
     provider_call_id: String,
     webhook_url: reqwest::Url,
     status: ReportedStatus,
-}
-
-fn pick_outcome(rng: &mut StdRng, mix: OutcomeMix) -> ReportedStatus {
-    let weighted = [
-        (mix.completed, ReportedStatus::Completed),
-        (mix.failed, ReportedStatus::Failed),
-        (mix.busy, ReportedStatus::Busy),
-        (mix.no_answer, ReportedStatus::NoAnswer),
-    ];
-    let total: u32 = weighted.iter().map(|(weight, _)| weight).sum();
-    if total == 0 {
-        return ReportedStatus::Completed;
-    }
-    let mut roll = rng.random_range(0..total);
-    for (weight, status) in weighted {
-        if roll < weight {
-            return status;
-        }
-        roll -= weight;
-    }
-    ReportedStatus::Completed
 }
 
 async fn dial(

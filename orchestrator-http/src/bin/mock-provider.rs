@@ -49,31 +49,6 @@ struct Args {
     seed: u64,
 }
 
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        biased;
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
@@ -130,7 +105,7 @@ async fn run() -> anyhow::Result<()> {
         signed_webhooks = signed,
         "mock provider listening"
     );
-    mock_provider::serve(listener, &mock, shutdown_signal()).await?;
+    mock_provider::serve(listener, &mock, orchestrator_http::app::shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -23,31 +23,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Completes on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        biased;
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -70,7 +45,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let running = app::start(config).await.context("could not start")?;
             running
-                .run_until(shutdown_signal())
+                .run_until(orchestrator_http::app::shutdown_signal())
                 .await
                 .context("server failed")?;
             tracing::info!("stopped");
