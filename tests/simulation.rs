@@ -29,7 +29,7 @@ use orchestrator_core::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts,
 };
 use orchestrator_core::{
-    AttemptRef, Call, CallId, CallStatus, EngineConfig, EngineHandle, MemoryStore, NewCall,
+    AttemptRef, Call, CallId, CallStatus, Clock, EngineConfig, EngineHandle, MemoryStore, NewCall,
     Orchestrator, PayloadPatch, PhoneNumber, RedialPolicy, RetryPolicy, SimulatedProvider,
     SimulationConfig, Store, StoreError, TokioClock,
 };
@@ -192,7 +192,7 @@ struct CheckedStore {
 
 impl CheckedStore {
     fn check(&self, what: &str) {
-        let now = self.clock.now_utc();
+        let now = self.clock.now();
         let calls = self.inner.snapshot();
         let mut guard = self.checker.lock().unwrap_or_else(PoisonError::into_inner);
         let checker = &mut *guard;
@@ -321,17 +321,6 @@ impl CheckedStore {
     fn violations(&self) -> Vec<String> {
         let checker = self.checker.lock().unwrap_or_else(PoisonError::into_inner);
         checker.violations.clone()
-    }
-}
-
-/// `Clock::now` without importing the trait at every call site.
-trait NowUtc {
-    fn now_utc(&self) -> DateTime<Utc>;
-}
-
-impl NowUtc for TokioClock {
-    fn now_utc(&self) -> DateTime<Utc> {
-        orchestrator_core::Clock::now(self)
     }
 }
 
@@ -491,7 +480,7 @@ impl Run {
                 not_before_secs,
                 expires_in_secs,
             } => {
-                let now = self.clock.now_utc();
+                let now = self.clock.now();
                 let mut new = NewCall::new(phone(&self.world, *number), "welcomeFlow");
                 new.not_before =
                     not_before_secs.map(|secs| now + chrono::TimeDelta::seconds(secs.into()));
@@ -556,7 +545,7 @@ impl Run {
             .collect();
         format!(
             "{label} t={} dials={} [{}]",
-            self.clock.now_utc().timestamp_millis(),
+            self.clock.now().timestamp_millis(),
             self.provider.started_calls().len(),
             summary.join(" ")
         )

@@ -23,6 +23,7 @@ use crate::provider::{
     DialError, DialRequest, Provider, ReportedStatus, WebhookDelivery, WebhookSink,
 };
 use crate::retry::RetryDecision;
+use crate::state::TransitionError;
 use crate::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
 };
@@ -42,8 +43,13 @@ pub enum EngineError {
     #[error("{0}")]
     NotFound(String),
     /// The change is not allowed in the call's status (e.g. PATCH after dialling).
-    #[error("{0}")]
-    Conflict(String),
+    #[error("call {id}: {source}")]
+    Conflict {
+        /// The call.
+        id: CallId,
+        /// The refused transition; `source.from` is the call's status.
+        source: TransitionError,
+    },
     /// The store failed or cannot be reached.
     #[error(transparent)]
     Store(StoreError),
@@ -53,9 +59,7 @@ impl From<StoreError> for EngineError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(id) => EngineError::NotFound(format!("call {id} not found")),
-            StoreError::Conflict { id, source } => {
-                EngineError::Conflict(format!("call {id}: {source}"))
-            }
+            StoreError::Conflict { id, source } => EngineError::Conflict { id, source },
             other => EngineError::Store(other),
         }
     }

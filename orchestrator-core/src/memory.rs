@@ -25,6 +25,8 @@ type Key = (DateTime<Utc>, CallId);
 #[derive(Default)]
 struct State {
     calls: HashMap<CallId, Call>,
+    /// Every call, ordered by (creation time, id): listing without a filter.
+    all: BTreeSet<Key>,
     /// Per status, the calls ordered by (creation time, id).
     by_status: [BTreeSet<Key>; 5],
     /// PENDING calls by due time, by expiry, and IN_PROGRESS calls by lease
@@ -51,6 +53,7 @@ impl State {
         if let Some(old) = self.calls.remove(&call.id) {
             self.unindex(&old);
         }
+        self.all.insert((call.created_at, call.id));
         self.by_status[slot(call.status)].insert((call.created_at, call.id));
         match call.status {
             CallStatus::Pending => {
@@ -202,13 +205,8 @@ impl Store for MemoryStore {
                 (collect(&state, items), index.len())
             }
             None => {
-                let mut all: Vec<&Key> = state.by_status.iter().flatten().collect();
-                all.sort_unstable();
-                let total = all.len();
-                (
-                    collect(&state, all.into_iter().rev().skip(offset).take(size)),
-                    total,
-                )
+                let items = state.all.iter().rev().skip(offset).take(size);
+                (collect(&state, items), state.all.len())
             }
         };
         Ok(Page {

@@ -14,9 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orchestrator_core::store::ListQuery;
 use orchestrator_core::validate::{validate_patch, MAX_IDEMPOTENCY_KEY_CHARS};
-use orchestrator_core::{
-    Call, CallId, CallPayload, CallStatus, EngineError, NewCall, PayloadPatch, PhoneNumber,
-};
+use orchestrator_core::{Call, CallPayload, CallStatus, NewCall, PayloadPatch, PhoneNumber};
 
 use crate::extract::{CallIdPath, Fields, JsonObject, Presence, QueryPairs};
 use crate::problem::{ApiError, FieldError};
@@ -178,24 +176,7 @@ pub async fn update(
         patch.metadata.as_ref(),
     );
     fields.finish()?;
-    match state.orchestrator().update_call(id, &patch).await {
-        Ok(call) => Ok(Json(call)),
-        Err(EngineError::Conflict(message)) => Err(not_pending(&state, id, message).await),
-        Err(other) => Err(other.into()),
-    }
-}
-
-/// A 409 that says which status the call is in (the engine's error only
-/// carries a sentence).
-async fn not_pending(state: &AppState, id: CallId, fallback: String) -> ApiError {
-    let detail = match state.orchestrator().get_call(id).await {
-        Ok(call) => format!(
-            "call {id} is {}; only a PENDING call can be changed",
-            call.status
-        ),
-        Err(_) => fallback,
-    };
-    ApiError::CallNotPending(detail)
+    Ok(Json(state.orchestrator().update_call(id, &patch).await?))
 }
 
 /// `GET /calls?status=S&page=P&pageSize=N`: calls newest first, optionally

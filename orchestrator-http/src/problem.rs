@@ -319,7 +319,10 @@ impl From<EngineError> for ApiError {
         match error {
             EngineError::Invalid(invalid) => ApiError::Invalid(vec![invalid.into()]),
             EngineError::NotFound(message) => ApiError::CallNotFound(message),
-            EngineError::Conflict(message) => ApiError::CallNotPending(message),
+            EngineError::Conflict { id, source } => ApiError::CallNotPending(format!(
+                "call {id} is {}; only a PENDING call can be changed",
+                source.from
+            )),
             EngineError::Store(StoreError::Unavailable(source)) => {
                 ApiError::StoreUnavailable(StoreError::Unavailable(source))
             }

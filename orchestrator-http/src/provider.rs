@@ -22,12 +22,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use axum::http::header::RETRY_AFTER;
 use orchestrator_core::provider::webhook_query;
+use orchestrator_core::validate::validate_provider_call_id;
 use orchestrator_core::{DialError, DialRequest, Dialled, Provider};
 use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
 
-/// Longest provider call id accepted, in characters, from a 2xx or a webhook.
-pub const MAX_PROVIDER_CALL_ID_CHARS: usize = 512;
 /// Longest `Retry-After` honoured; longer waits are cut to this, so a
 /// misbehaving provider cannot park calls for days.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -245,7 +244,7 @@ impl Provider for HttpProvider {
         let provider_call_id = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|value| value.get("callId")?.as_str().map(str::to_owned))
-            .filter(|id| !id.trim().is_empty() && id.chars().count() <= MAX_PROVIDER_CALL_ID_CHARS);
+            .filter(|id| validate_provider_call_id(id).is_ok());
         match provider_call_id {
             Some(provider_call_id) => Ok(Dialled { provider_call_id }),
             // The provider may or may not have started the call; retrying with

@@ -23,8 +23,8 @@ use serde_json::json;
 
 use crate::extract::{parse_object, Fields, Presence, QueryPairs, RawBody};
 use crate::problem::{ApiError, FieldError};
-use crate::provider::MAX_PROVIDER_CALL_ID_CHARS;
 use crate::router::{record_call_id, AppState};
+use orchestrator_core::validate::validate_provider_call_id;
 
 /// Settles one webhook; see the module documentation for the answers.
 ///
@@ -98,15 +98,9 @@ fn attempt_hint(query: &QueryPairs) -> Result<Option<AttemptRef>, ApiError> {
 fn status_report(body: &[u8]) -> Result<StatusReport, ApiError> {
     let mut fields = Fields::new(parse_object(body)?);
     let provider_call_id = fields.parsed("callId", Presence::Required, |raw| {
-        if raw.trim().is_empty() {
-            Err("must not be empty".to_owned())
-        } else if raw.chars().count() > MAX_PROVIDER_CALL_ID_CHARS {
-            Err(format!(
-                "must be at most {MAX_PROVIDER_CALL_ID_CHARS} characters"
-            ))
-        } else {
-            Ok(raw.to_owned())
-        }
+        validate_provider_call_id(raw)
+            .map(|()| raw.to_owned())
+            .map_err(|invalid| invalid.message)
     });
     let status = fields.parsed("status", Presence::Required, parse_status);
     let duration_sec = fields.u32("durationSec", Presence::Optional);
