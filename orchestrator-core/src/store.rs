@@ -33,11 +33,13 @@ pub enum StoreError {
         source: TransitionError,
     },
     /// The backend cannot be reached right now (connection refused, pool
-    /// timed out). Retrying later may succeed.
-    #[error("store unavailable: {0}")]
+    /// timed out). Retrying later may succeed. The cause is the source, not
+    /// part of the message.
+    #[error("store unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Any other backend failure.
-    #[error("store failure: {0}")]
+    /// Any other backend failure. The cause is the source, not part of the
+    /// message.
+    #[error("store failure")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 

@@ -14,9 +14,22 @@
 //!    the free capacity is filled or the queue is exhausted.
 //! 4. One statement moves them to `IN_PROGRESS` and writes their history rows.
 //!
-//! The partial unique index `calls_one_in_progress_per_number` backs up the
-//! per-number rule whatever the writer. See ARCHITECTURE-pg.md for the full
-//! argument.
+//! Why this holds across processes:
+//! - **Cap.** Only a claim makes a call `IN_PROGRESS`, and claims are
+//!   serialised by the lock, so step 2 sees every earlier claim; concurrent
+//!   settlements can only lower the true count below what it read. Hence
+//!   `in_flight + taken <= max_in_flight` at commit.
+//! - **One call per number.** Step 2's busy numbers are exact for the same
+//!   reason; step 3 excludes them and takes one call per number. The partial
+//!   unique index `calls_one_in_progress_per_number` enforces the rule again
+//!   whatever the writer.
+//! - **Exclusive attempts.** Step 3 returns only rows this transaction locked
+//!   and that are still `PENDING` (`SKIP LOCKED` rechecks the predicate on
+//!   rows updated meanwhile), and step 4 rechecks the status: a call is taken
+//!   by one claimer, and its attempt counted once.
+//! - **Crashes.** A claimer that dies before commit is rolled back: no call
+//!   changed, no history row, the lock released with its session.
+//! - **Waiting is free.** A call to a busy number is skipped, not written.
 
 use std::collections::HashSet;
 
@@ -24,7 +37,7 @@ use chrono::{DateTime, Utc};
 use orchestrator_core::call::Call;
 use orchestrator_core::clock;
 use orchestrator_core::store::ClaimRequest;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::error::PgError;
@@ -80,16 +93,21 @@ const TAKE: &str = concat!(
     SELECT * FROM claimed ORDER BY created_at, id"
 );
 
-/// Claims as [`orchestrator_core::Store::claim`] says, inside the caller's
-/// transaction `tx` (which must be fresh: the lock has to come before any
-/// snapshot this claim relies on).
-pub(crate) async fn claim(
-    tx: &mut PgConnection,
-    request: &ClaimRequest,
-) -> Result<Vec<Call>, PgError> {
+/// Claims as [`orchestrator_core::Store::claim`] says, in one transaction.
+pub(crate) async fn claim(pool: &PgPool, request: &ClaimRequest) -> Result<Vec<Call>, PgError> {
     if request.limit == 0 || request.max_in_flight == 0 {
         return Ok(Vec::new());
     }
+    // A fresh transaction: the lock has to come before any snapshot this
+    // claim relies on.
+    let mut tx = pool.begin().await?;
+    let claimed = claim_locked(&mut tx, request).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Steps 1 to 4, in `tx`.
+async fn claim_locked(tx: &mut PgConnection, request: &ClaimRequest) -> Result<Vec<Call>, PgError> {
     sqlx::query(LOCK)
         .bind(CLAIM_LOCK.0)
         .bind(CLAIM_LOCK.1)

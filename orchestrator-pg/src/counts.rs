@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use orchestrator_core::call::CallStatus;
 use orchestrator_core::store::StatusCounts;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgExecutor, PgPool};
 use tracing::debug;
 
 use crate::error::PgError;
@@ -23,8 +23,8 @@ const TOTAL: &str = "SELECT COALESCE(sum(delta), 0)::bigint FROM call_status_cou
                      WHERE $1::text IS NULL OR status = $1";
 
 /// Calls per status, zero-filled.
-pub(crate) async fn read(conn: &mut PgConnection) -> Result<StatusCounts, PgError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(COUNTS).fetch_all(conn).await?;
+pub(crate) async fn read(executor: impl PgExecutor<'_>) -> Result<StatusCounts, PgError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(COUNTS).fetch_all(executor).await?;
     let mut counts = StatusCounts::default();
     for (status, count) in rows {
         let status = status
@@ -37,12 +37,12 @@ pub(crate) async fn read(conn: &mut PgConnection) -> Result<StatusCounts, PgErro
 
 /// Calls in `status`, or all calls.
 pub(crate) async fn total(
-    conn: &mut PgConnection,
+    executor: impl PgExecutor<'_>,
     status: Option<CallStatus>,
 ) -> Result<u64, PgError> {
     let total: i64 = sqlx::query_scalar(TOTAL)
         .bind(status.map(CallStatus::as_str))
-        .fetch_one(conn)
+        .fetch_one(executor)
         .await?;
     non_negative(total)
 }

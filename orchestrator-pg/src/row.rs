@@ -1,7 +1,7 @@
 //! How a `calls` row maps to and from a [`Call`].
 
 use chrono::{DateTime, Utc};
-use orchestrator_core::call::{Call, CallId, CallPayload, CallStatus};
+use orchestrator_core::call::{AttemptRef, Call, CallId, CallPayload, CallStatus};
 use orchestrator_core::PhoneNumber;
 use uuid::Uuid;
 
@@ -95,4 +95,21 @@ pub(crate) fn metadata_text(metadata: Option<&serde_json::Value>) -> Option<Stri
 /// Rows to calls, failing on the first invalid row.
 pub(crate) fn calls(rows: Vec<CallRow>) -> Result<Vec<Call>, PgError> {
     rows.into_iter().map(Call::try_from).collect()
+}
+
+/// Attempt `attempt` of call `call_id`, from an `integer` column.
+pub(crate) fn attempt_ref(call_id: Uuid, attempt: i32) -> Result<AttemptRef, PgError> {
+    let id = CallId(call_id);
+    let attempt = u32::try_from(attempt)
+        .map_err(|_| PgError::Corrupt(format!("call {id}: attempt {attempt}")))?;
+    Ok(AttemptRef {
+        call_id: id,
+        attempt,
+    })
+}
+
+/// `attempts` as the `integer` column holds it. Only a corrupt row could
+/// have counted past `i32::MAX`.
+pub(crate) fn attempts_column(id: CallId, attempts: u32) -> Result<i32, PgError> {
+    i32::try_from(attempts).map_err(|_| PgError::Corrupt(format!("call {id}: attempts {attempts}")))
 }

@@ -301,6 +301,77 @@ async fn unreachable_server_is_unavailable() {
     );
 }
 
+/// Every message in `error`'s chain of sources, outermost first.
+fn messages(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut next = Some(error);
+    while let Some(error) = next {
+        messages.push(error.to_string());
+        next = error.source();
+    }
+    messages
+}
+
+/// The error as an operator sees it (`{:#}`: each message of the chain,
+/// joined by colons) contains its root cause exactly once, and no message
+/// repeats the message of its source.
+fn assert_each_cause_printed_once(error: orchestrator_core::StoreError) -> String {
+    let messages = messages(&error);
+    for pair in messages.windows(2) {
+        assert!(
+            !pair[0].contains(&pair[1]),
+            "{:?} repeats its source {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    let printed = format!("{:#}", anyhow::Error::from(error));
+    let root = messages.last().expect("an error has a message");
+    assert_eq!(printed.matches(root.as_str()).count(), 1, "{printed}");
+    printed
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_with_its_cause_printed_once() {
+    let error = PgStore::connect("postgres://nobody:hunter2@127.0.0.1:1/nothing")
+        .await
+        .expect_err("nothing to connect to");
+    assert!(
+        matches!(error, orchestrator_core::StoreError::Unavailable(_)),
+        "{error:?}"
+    );
+    let printed = assert_each_cause_printed_once(error);
+    assert!(
+        printed.contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
+        "{printed}"
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_missing_database_is_named_with_its_cause_printed_once() {
+    let url = testing::fresh_database_url().await;
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let missing = format!("{base}_missing?{query}");
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+
+    let error = PgStore::connect(&missing)
+        .await
+        .expect_err("the database does not exist");
+    // A missing database is not a transient failure: retrying will not help.
+    assert!(
+        matches!(error, orchestrator_core::StoreError::Backend(_)),
+        "{error:?}"
+    );
+    let printed = assert_each_cause_printed_once(error);
+    assert!(
+        printed.contains(&format!("cannot connect to PostgreSQL at {target}")),
+        "{printed}"
+    );
+    assert!(printed.contains("_missing"), "{printed}");
+}
+
 #[tokio::test]
 async fn claim_looks_past_a_backlog_of_one_number() {
     let (_, store) = migrated_store().await;
