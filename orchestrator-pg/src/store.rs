@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use orchestrator_core::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
 use orchestrator_core::clock;
+use orchestrator_core::input::IdempotencyKey;
 use orchestrator_core::state::{transition, CallEvent};
 use orchestrator_core::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
@@ -246,12 +247,12 @@ impl PgStore {
         let inserted: Option<CallRow> = sqlx::query_as(INSERT)
             .bind(id.0)
             .bind(new.payload.to.as_str())
-            .bind(&new.payload.script_id)
+            .bind(new.payload.script_id.as_str())
             .bind(metadata_text(new.payload.metadata.as_ref()))
             .bind(clock::truncate_to_micros(now))
             .bind(new.not_before)
             .bind(new.expires_at)
-            .bind(new.idempotency_key.as_deref())
+            .bind(new.idempotency_key.as_ref().map(IdempotencyKey::as_str))
             .fetch_optional(&self.pool)
             .await?;
         if let Some(row) = inserted {
@@ -264,7 +265,7 @@ impl PgStore {
         // committed call (PostgreSQL waited for its inserter to finish);
         // this new statement's snapshot sees it.
         let first: Option<CallRow> = sqlx::query_as(BY_KEY)
-            .bind(new.idempotency_key.as_deref())
+            .bind(new.idempotency_key.as_ref().map(IdempotencyKey::as_str))
             .fetch_optional(&self.pool)
             .await?;
         let first = first.ok_or_else(|| {
@@ -285,7 +286,7 @@ impl PgStore {
         sqlx::query(UPDATE_PAYLOAD)
             .bind(id.0)
             .bind(next.payload.to.as_str())
-            .bind(&next.payload.script_id)
+            .bind(next.payload.script_id.as_str())
             .bind(metadata_text(next.payload.metadata.as_ref()))
             .execute(&mut *tx)
             .await
@@ -339,9 +340,9 @@ impl PgStore {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let limit = i64::from(query.page_size);
+        let limit = i64::from(query.page_size());
         let offset = i64::try_from(query.offset()).unwrap_or(i64::MAX);
-        let rows: Vec<CallRow> = match query.status {
+        let rows: Vec<CallRow> = match query.status() {
             None => {
                 sqlx::query_as(LIST_ALL)
                     .bind(limit)
@@ -358,12 +359,12 @@ impl PgStore {
                     .await?
             }
         };
-        let total = counts::total(&mut tx, query.status).await?;
+        let total = counts::total(&mut tx, query.status()).await?;
         tx.commit().await?;
         Ok(Page {
             items: calls(rows)?,
-            page: query.page,
-            page_size: query.page_size,
+            page: query.page(),
+            page_size: query.page_size(),
             total,
         })
     }
