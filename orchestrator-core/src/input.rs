@@ -218,7 +218,7 @@ impl<'de> Deserialize<'de> for Metadata {
 
 /// The name of a JSON value's type, for messages ("a number", "an array").
 #[must_use]
-pub fn json_type(value: &Value) -> &'static str {
+fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
