@@ -13,8 +13,8 @@ use chrono::Utc;
 use orchestrator_core::simulated::Faults;
 use orchestrator_core::store::StatusCounts;
 use orchestrator_core::{
-    CallStatus, EngineConfig, MemoryStore, NewCall, Orchestrator, PhoneNumber, RedialPolicy,
-    RetryPolicy, SimulatedProvider, SimulationConfig,
+    CallStatus, EngineConfig, MemoryStore, Metadata, NewCall, Orchestrator, PhoneNumber,
+    RedialPolicy, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -78,8 +78,10 @@ async fn main() -> Result<()> {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for seq in 0..CALLS {
         let to = PhoneNumber::parse(&format!("+96650{:07}", rng.random_range(0..NUMBERS)))?;
-        let mut new = NewCall::new(to, "welcomeFlow");
-        new.payload.metadata = Some(json!({ "campaign": "embedded-demo", "seq": seq }));
+        let mut new = NewCall::new(to, ScriptId::parse("welcomeFlow")?);
+        new.payload.metadata = Some(Metadata::new(
+            json!({ "campaign": "embedded-demo", "seq": seq }),
+        )?);
         if seq % 10 == 9 {
             new.expires_at = Some(Utc::now() + SHORT_DEADLINE);
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::{
     CallStatus, EngineConfig, MemoryStore, NewCall, Orchestrator, OutcomeMix, PhoneNumber,
-    RetryPolicy, SimulatedProvider, SimulationConfig, Store,
+    RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store,
 };
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -59,9 +59,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(calls);
     for n in 0..calls {
-        let to = PhoneNumber::parse(&format!("+1415{:07}", n % 5_000))?;
+        let to = PhoneNumber::parse(&format!("+1415555{:04}", n % 5_000))?;
         let begin = Instant::now();
-        engine.create_call(NewCall::new(to, "welcomeFlow")).await?;
+        engine
+            .create_call(NewCall::new(to, ScriptId::parse("welcomeFlow")?))
+            .await?;
         latencies.push(begin.elapsed());
     }
     let enqueued = started.elapsed();

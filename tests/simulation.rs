@@ -30,8 +30,8 @@ use orchestrator_core::store::{
 };
 use orchestrator_core::{
     AttemptRef, Call, CallId, CallStatus, Clock, EngineConfig, EngineHandle, MemoryStore, NewCall,
-    Orchestrator, PayloadPatch, PhoneNumber, RedialPolicy, RetryPolicy, SimulatedProvider,
-    SimulationConfig, Store, StoreError, TokioClock,
+    Orchestrator, PayloadPatch, PhoneNumber, RedialPolicy, RetryPolicy, ScriptId,
+    SimulatedProvider, SimulationConfig, Store, StoreError, TokioClock,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -481,7 +481,10 @@ impl Run {
                 expires_in_secs,
             } => {
                 let now = self.clock.now();
-                let mut new = NewCall::new(phone(&self.world, *number), "welcomeFlow");
+                let mut new = NewCall::new(
+                    phone(&self.world, *number),
+                    ScriptId::parse("welcomeFlow").expect("valid script id"),
+                );
                 new.not_before =
                     not_before_secs.map(|secs| now + chrono::TimeDelta::seconds(secs.into()));
                 new.expires_at = expires_in_secs.map(|secs| {

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::input::{IdempotencyKey, Metadata, ScriptId};
 use crate::phone::PhoneNumber;
 
 /// A call's identifier: a UUID, version 7 (time-ordered) when we mint it.
@@ -121,13 +122,13 @@ impl FromStr for CallStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CallPayload {
-    /// The callee, normalised E.164.
+    /// The callee, canonical E.164.
     pub to: PhoneNumber,
     /// Identifier of the call script / flow at the provider.
-    pub script_id: String,
-    /// Free-form JSON passed through to the provider untouched.
+    pub script_id: ScriptId,
+    /// A JSON object passed through to the provider untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<Metadata>,
 }
 
 /// One call, as stored. JSON shape of SPEC section 1 (camelCase, RFC 3339 UTC timestamps).
@@ -221,17 +222,17 @@ pub struct NewCall {
     /// Not dialled by this instant → `EXPIRED`.
     pub expires_at: Option<DateTime<Utc>>,
     /// Client-chosen key; creating again with the same key returns the first call.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl NewCall {
     /// A call to `to` running `script_id`, with no metadata, schedule or key.
     #[must_use]
-    pub fn new(to: PhoneNumber, script_id: impl Into<String>) -> Self {
+    pub fn new(to: PhoneNumber, script_id: ScriptId) -> Self {
         Self {
             payload: CallPayload {
                 to,
-                script_id: script_id.into(),
+                script_id,
                 metadata: None,
             },
             not_before: None,
@@ -247,9 +248,9 @@ pub struct PayloadPatch {
     /// New callee.
     pub to: Option<PhoneNumber>,
     /// New script.
-    pub script_id: Option<String>,
+    pub script_id: Option<ScriptId>,
     /// New metadata (replaces the old value whole).
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<Metadata>,
 }
 
 impl PayloadPatch {

@@ -13,6 +13,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
 use crate::clock;
+use crate::input::{IdempotencyKey, Metadata, ScriptId};
 use crate::phone::PhoneNumber;
 use crate::store::{ClaimRequest, ListQuery, Settled, Settlement, Store, StoreError};
 
@@ -89,9 +90,21 @@ fn number(n: u32) -> PhoneNumber {
     PhoneNumber::parse(&format!("+1415555{n:04}")).expect("valid test number")
 }
 
+fn script(id: &str) -> ScriptId {
+    ScriptId::parse(id).expect("valid test script id")
+}
+
+fn metadata(value: serde_json::Value) -> Metadata {
+    Metadata::new(value).expect("valid test metadata")
+}
+
+fn key(key: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(key).expect("valid test key")
+}
+
 fn new_call(n: u32) -> NewCall {
-    let mut new = NewCall::new(number(n), "welcomeFlow");
-    new.payload.metadata = Some(serde_json::json!({ "customer": n }));
+    let mut new = NewCall::new(number(n), script("welcomeFlow"));
+    new.payload.metadata = Some(metadata(serde_json::json!({ "customer": n })));
     new
 }
 
@@ -143,8 +156,9 @@ pub async fn create_then_get_round_trips(store: Arc<dyn Store>) {
     let mut new = new_call(1);
     new.not_before = Some(t(10));
     new.expires_at = Some(t(3600));
-    new.payload.metadata =
-        Some(serde_json::json!({"name": "Ada", "tags": [1, 2], "nested": {"x": null}}));
+    new.payload.metadata = Some(metadata(
+        serde_json::json!({"name": "Ada", "tags": [1, 2], "nested": {"x": null}}),
+    ));
     let created = store
         .create(CallId::new_v7(at), &new, at)
         .await
@@ -176,13 +190,13 @@ pub async fn get_unknown_call_is_not_found(store: Arc<dyn Store>) {
 /// A second `create` with the same idempotency key returns the first call and stores nothing.
 pub async fn idempotency_key_returns_the_first_call(store: Arc<dyn Store>) {
     let mut first = new_call(1);
-    first.idempotency_key = Some("order-17".into());
+    first.idempotency_key = Some(key("order-17"));
     let created = store
         .create(CallId::new_v7(t(0)), &first, t(0))
         .await
         .expect("create");
     let mut second = new_call(2);
-    second.idempotency_key = Some("order-17".into());
+    second.idempotency_key = Some(key("order-17"));
     let again = store
         .create(CallId::new_v7(t(1)), &second, t(1))
         .await
@@ -191,7 +205,7 @@ pub async fn idempotency_key_returns_the_first_call(store: Arc<dyn Store>) {
     assert!(!again.created);
     assert_eq!(again.call, created.call);
     let mut other = new_call(3);
-    other.idempotency_key = Some("order-18".into());
+    other.idempotency_key = Some(key("order-18"));
     assert!(
         store
             .create(CallId::new_v7(t(2)), &other, t(2))
@@ -206,7 +220,7 @@ pub async fn idempotency_key_returns_the_first_call(store: Arc<dyn Store>) {
 pub async fn update_payload_only_while_pending(store: Arc<dyn Store>) {
     let call = create(&*store, 1, t(0)).await;
     let patch = PayloadPatch {
-        script_id: Some("reminderFlow".into()),
+        script_id: Some(script("reminderFlow")),
         ..PayloadPatch::default()
     };
     let updated = store.update_payload(call.id, &patch).await.expect("patch");
@@ -215,7 +229,7 @@ pub async fn update_payload_only_while_pending(store: Arc<dyn Store>) {
     assert_eq!(updated.payload.metadata, call.payload.metadata);
     let patch = PayloadPatch {
         to: Some(number(2)),
-        metadata: Some(serde_json::json!({"k": "v"})),
+        metadata: Some(metadata(serde_json::json!({"k": "v"}))),
         ..PayloadPatch::default()
     };
     let updated = store.update_payload(call.id, &patch).await.expect("patch");
@@ -223,7 +237,7 @@ pub async fn update_payload_only_while_pending(store: Arc<dyn Store>) {
     assert_eq!(updated.payload.script_id, "reminderFlow");
     assert_eq!(
         updated.payload.metadata,
-        Some(serde_json::json!({"k": "v"}))
+        Some(metadata(serde_json::json!({"k": "v"})))
     );
     assert_eq!(store.get(call.id).await.expect("get"), updated);
 
@@ -247,11 +261,7 @@ pub async fn list_is_newest_first_and_paginated(store: Arc<dyn Store>) {
         created.push(create(&*store, n, t(i64::from(n))).await.id);
     }
     created.reverse();
-    let page = |page| ListQuery {
-        status: None,
-        page,
-        page_size: 2,
-    };
+    let page = |page| ListQuery::new(None, Some(page), Some(2)).expect("valid query");
     let mut seen = Vec::new();
     for number in 1..=3 {
         let listed = store.list(&page(number)).await.expect("list");
@@ -274,21 +284,13 @@ pub async fn list_filters_by_status(store: Arc<dyn Store>) {
     }
     let claimed = claim(&*store, t(10), 10, 1).await;
     let in_progress = store
-        .list(&ListQuery {
-            status: Some(CallStatus::InProgress),
-            page: 1,
-            page_size: 10,
-        })
+        .list(&ListQuery::new(Some(CallStatus::InProgress), None, Some(10)).expect("valid query"))
         .await
         .expect("list");
     assert_eq!(ids(&in_progress.items), ids(&claimed));
     assert_eq!(in_progress.total, 1);
     let pending = store
-        .list(&ListQuery {
-            status: Some(CallStatus::Pending),
-            page: 1,
-            page_size: 10,
-        })
+        .list(&ListQuery::new(Some(CallStatus::Pending), None, Some(10)).expect("valid query"))
         .await
         .expect("list");
     assert_eq!(pending.total, 3);
@@ -297,11 +299,7 @@ pub async fn list_filters_by_status(store: Arc<dyn Store>) {
         .iter()
         .all(|call| call.status == CallStatus::Pending));
     let none = store
-        .list(&ListQuery {
-            status: Some(CallStatus::Expired),
-            page: 1,
-            page_size: 10,
-        })
+        .list(&ListQuery::new(Some(CallStatus::Expired), None, Some(10)).expect("valid query"))
         .await
         .expect("list");
     assert_eq!((none.items.len(), none.total), (0, 0));

@@ -27,7 +27,7 @@ use crate::state::TransitionError;
 use crate::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
 };
-use crate::validate::{validate_new_call, validate_patch, validate_provider_call_id, Invalid};
+use crate::validate::{validate_new_call, validate_provider_call_id, Invalid};
 
 /// Stale leases settled per round; more are picked up by the next round.
 const STALE_BATCH: u32 = 100;
@@ -241,24 +241,17 @@ impl Orchestrator {
     /// Updates a `PENDING` call's payload.
     ///
     /// # Errors
-    /// [`EngineError::Invalid`]; [`EngineError::NotFound`];
+    /// [`EngineError::NotFound`];
     /// [`EngineError::Conflict`] when the call is not `PENDING`; [`EngineError::Store`].
     pub async fn update_call(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, EngineError> {
-        validate_patch(patch)?;
         Ok(self.inner.store.update_payload(id, patch).await?)
     }
 
     /// One page of calls, newest first.
     ///
     /// # Errors
-    /// [`EngineError::Invalid`] for a page of 0 or a page size outside 1 to 100; [`EngineError::Store`].
+    /// [`EngineError::Store`].
     pub async fn list_calls(&self, query: &ListQuery) -> Result<Page, EngineError> {
-        if query.page == 0 {
-            return Err(Invalid::new("page", "must be at least 1").into());
-        }
-        if query.page_size == 0 || query.page_size > ListQuery::MAX_PAGE_SIZE {
-            return Err(Invalid::new("pageSize", "must be between 1 and 100").into());
-        }
         Ok(self.inner.store.list(query).await?)
     }
 

@@ -6,6 +6,9 @@
 //! webhooks, and retries failures with exponential back-off.
 //!
 //! - [`call`]: the [`Call`] record; [`state`]: its state machine.
+//! - [`input`], [`phone`]: what clients send, as types that hold only valid
+//!   values ([`ScriptId`], [`Metadata`], [`IdempotencyKey`], [`PhoneNumber`]);
+//!   [`validate`]: the rules between fields.
 //! - [`retry`], [`config`]: the policies (back-off, cap, lease, TTL).
 //! - [`store`]: the [`Store`] trait; [`memory`]: the in-memory store.
 //! - [`provider`]: the [`Provider`] trait; [`simulated`]: a seeded simulated provider.
@@ -14,7 +17,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use orchestrator_core::{MemoryStore, NewCall, Orchestrator, PhoneNumber, SimulatedProvider};
+//! use orchestrator_core::{
+//!     MemoryStore, NewCall, Orchestrator, PhoneNumber, ScriptId, SimulatedProvider,
+//! };
 //!
 //! let engine = Orchestrator::builder(
 //!     Arc::new(MemoryStore::new()),
@@ -23,7 +28,10 @@
 //! .build()?;
 //! let running = engine.start();
 //! let created = engine
-//!     .create_call(NewCall::new(PhoneNumber::parse("+966501234567")?, "welcomeFlow"))
+//!     .create_call(NewCall::new(
+//!         PhoneNumber::parse("+966501234567")?,
+//!         ScriptId::parse("welcomeFlow")?,
+//!     ))
 //!     .await?;
 //! println!("{}", created.call.id);
 //! running.shutdown().await;
@@ -36,6 +44,7 @@ pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod engine;
+pub mod input;
 pub mod memory;
 pub mod phone;
 pub mod provider;
@@ -49,6 +58,7 @@ pub use call::{AttemptRef, Call, CallId, CallPayload, CallStatus, NewCall, Paylo
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{ConfigError, EngineConfig, RedialPolicy};
 pub use engine::{EngineError, EngineHandle, Orchestrator, OrchestratorBuilder, WebhookOutcome};
+pub use input::{IdempotencyKey, Metadata, ScriptId};
 pub use memory::MemoryStore;
 pub use phone::PhoneNumber;
 pub use provider::{

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
 use crate::clock;
+use crate::input::IdempotencyKey;
 use crate::phone::PhoneNumber;
 use crate::state::{transition, CallEvent};
 use crate::store::{
@@ -36,7 +37,7 @@ struct State {
     leases: BTreeSet<Key>,
     /// Numbers with a call in progress, and that call.
     busy_numbers: BTreeMap<PhoneNumber, CallId>,
-    idempotency_keys: HashMap<String, CallId>,
+    idempotency_keys: HashMap<IdempotencyKey, CallId>,
     provider_ids: HashMap<String, AttemptRef>,
 }
 
@@ -197,8 +198,8 @@ impl Store for MemoryStore {
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let state = self.lock();
         let offset = usize::try_from(query.offset()).unwrap_or(usize::MAX);
-        let size = query.page_size as usize;
-        let (items, total) = match query.status {
+        let size = query.page_size() as usize;
+        let (items, total) = match query.status() {
             Some(status) => {
                 let index = &state.by_status[slot(status)];
                 let items = index.iter().rev().skip(offset).take(size);
@@ -211,8 +212,8 @@ impl Store for MemoryStore {
         };
         Ok(Page {
             items,
-            page: query.page,
-            page_size: query.page_size,
+            page: query.page(),
+            page_size: query.page_size(),
             total: total as u64,
         })
     }

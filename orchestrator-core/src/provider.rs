@@ -30,8 +30,12 @@ impl DialRequest {
         Self {
             attempt: call.current_attempt(),
             to: call.payload.to.clone(),
-            script_id: call.payload.script_id.clone(),
-            metadata: call.payload.metadata.clone(),
+            script_id: call.payload.script_id.as_str().to_owned(),
+            metadata: call
+                .payload
+                .metadata
+                .as_ref()
+                .map(|metadata| metadata.as_value().clone()),
         }
     }
 

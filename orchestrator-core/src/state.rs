@@ -168,6 +168,7 @@ pub fn transition(call: &Call, event: CallEvent) -> Result<Call, TransitionError
 mod tests {
     use super::*;
     use crate::call::{CallId, NewCall};
+    use crate::input::ScriptId;
     use crate::phone::PhoneNumber;
     use chrono::TimeZone;
 
@@ -176,7 +177,10 @@ mod tests {
     }
 
     fn pending() -> Call {
-        let new = NewCall::new(PhoneNumber::parse("+14155550100").unwrap(), "welcome");
+        let new = NewCall::new(
+            PhoneNumber::parse("+14155550100").unwrap(),
+            ScriptId::parse("welcome").unwrap(),
+        );
         Call::new(CallId::new_v7(t(0)), &new, t(0))
     }
 

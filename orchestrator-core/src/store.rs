@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
 use crate::state::{CallEvent, TransitionError};
+use crate::validate::Invalid;
 
 /// The error categories callers branch on. Each backend maps its own errors
 /// into these in one place; messages are for humans, not for matching.
@@ -66,15 +67,13 @@ pub struct Page {
     pub total: u64,
 }
 
-/// What [`Store::list`] returns.
+/// Which page of calls [`Store::list`] returns: valid by construction
+/// (page from 1, page size 1 to [`ListQuery::MAX_PAGE_SIZE`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListQuery {
-    /// Only calls in this status; `None` for all.
-    pub status: Option<CallStatus>,
-    /// Page number, from 1.
-    pub page: u32,
-    /// Calls per page, 1 to [`ListQuery::MAX_PAGE_SIZE`].
-    pub page_size: u32,
+    status: Option<CallStatus>,
+    page: u32,
+    page_size: u32,
 }
 
 impl ListQuery {
@@ -83,14 +82,67 @@ impl ListQuery {
     /// Page size when none is given.
     pub const DEFAULT_PAGE_SIZE: u32 = 20;
 
+    /// Calls in `status` (all calls when `None`), page `page` of `page_size`
+    /// calls. Pages count from 1 (default 1); a page holds 1 to
+    /// [`ListQuery::MAX_PAGE_SIZE`] calls (default [`ListQuery::DEFAULT_PAGE_SIZE`]).
+    ///
+    /// # Errors
+    /// One [`Invalid`] per field at fault, naming `page` or `pageSize`.
+    pub fn new(
+        status: Option<CallStatus>,
+        page: Option<u32>,
+        page_size: Option<u32>,
+    ) -> Result<Self, Vec<Invalid>> {
+        let page = page.unwrap_or(1);
+        let page_size = page_size.unwrap_or(Self::DEFAULT_PAGE_SIZE);
+        let mut errors = Vec::new();
+        if page == 0 {
+            errors.push(Invalid::new("page", "must be at least 1, not 0"));
+        }
+        if !(1..=Self::MAX_PAGE_SIZE).contains(&page_size) {
+            errors.push(Invalid::new(
+                "pageSize",
+                format!("must be from 1 to {}, not {page_size}", Self::MAX_PAGE_SIZE),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(Self {
+                status,
+                page,
+                page_size,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Only calls in this status; `None` for all.
+    #[must_use]
+    pub fn status(&self) -> Option<CallStatus> {
+        self.status
+    }
+
+    /// Page number, from 1.
+    #[must_use]
+    pub fn page(&self) -> u32 {
+        self.page
+    }
+
+    /// Calls per page, 1 to [`ListQuery::MAX_PAGE_SIZE`].
+    #[must_use]
+    pub fn page_size(&self) -> u32 {
+        self.page_size
+    }
+
     /// Rows to skip before this page.
     #[must_use]
     pub fn offset(&self) -> u64 {
-        u64::from(self.page.max(1) - 1) * u64::from(self.page_size)
+        u64::from(self.page - 1) * u64::from(self.page_size)
     }
 }
 
 impl Default for ListQuery {
+    /// All calls, first page, [`ListQuery::DEFAULT_PAGE_SIZE`] calls.
     fn default() -> Self {
         Self {
             status: None,
@@ -321,4 +373,47 @@ pub trait Store: Send + Sync + 'static {
     /// A counter bumped after every change that may make a call claimable or
     /// free a slot (see the contract). Engines wait on it instead of polling.
     fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(result: Result<ListQuery, Vec<Invalid>>) -> Vec<&'static str> {
+        result
+            .expect_err("invalid")
+            .into_iter()
+            .map(|invalid| invalid.field)
+            .collect()
+    }
+
+    #[test]
+    fn list_queries_default_to_the_first_page_of_twenty() {
+        let query = ListQuery::new(None, None, None).expect("defaults");
+        assert_eq!(query, ListQuery::default());
+        assert_eq!(
+            (query.page(), query.page_size(), query.offset()),
+            (1, 20, 0)
+        );
+        let query = ListQuery::new(Some(CallStatus::Failed), Some(3), Some(100)).expect("valid");
+        assert_eq!(query.status(), Some(CallStatus::Failed));
+        assert_eq!(query.offset(), 200);
+    }
+
+    #[test]
+    fn list_queries_name_every_field_out_of_range() {
+        assert_eq!(fields(ListQuery::new(None, Some(0), None)), ["page"]);
+        assert_eq!(fields(ListQuery::new(None, None, Some(0))), ["pageSize"]);
+        assert_eq!(fields(ListQuery::new(None, None, Some(101))), ["pageSize"]);
+        assert_eq!(
+            fields(ListQuery::new(None, Some(0), Some(u32::MAX))),
+            ["page", "pageSize"]
+        );
+    }
+
+    #[test]
+    fn the_last_page_offset_does_not_overflow() {
+        let query = ListQuery::new(None, Some(u32::MAX), Some(100)).expect("valid");
+        assert_eq!(query.offset(), u64::from(u32::MAX - 1) * 100);
+    }
 }

@@ -1,17 +1,14 @@
-//! Input rules for new calls and payload updates, shared by every front end.
+//! The input rules that are not a single value's: an [`Invalid`] names the
+//! wire field at fault. Single values (script ids, metadata, idempotency
+//! keys, phone numbers) are types that check their own rule when built; see
+//! [`crate::input`] and [`crate::phone`].
 
 use chrono::{DateTime, Utc};
 
-use crate::call::{NewCall, PayloadPatch};
+use crate::call::NewCall;
 
-/// Longest `scriptId`, in characters.
-pub const MAX_SCRIPT_ID_CHARS: usize = 256;
-/// Largest `metadata`, in bytes of compact JSON.
-pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 /// Longest provider call id we accept, in characters.
 pub const MAX_PROVIDER_CALL_ID_CHARS: usize = 512;
-/// Longest idempotency key, in characters.
-pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 
 /// An input value is invalid. `field` is the wire (camelCase) name of the field at fault.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,81 +31,26 @@ impl Invalid {
     }
 }
 
-fn check_script_id(script_id: &str) -> Result<(), Invalid> {
-    if script_id.trim().is_empty() {
-        return Err(Invalid::new("scriptId", "must not be empty"));
-    }
-    if script_id.chars().count() > MAX_SCRIPT_ID_CHARS {
-        return Err(Invalid::new(
-            "scriptId",
-            format!("must be at most {MAX_SCRIPT_ID_CHARS} characters"),
-        ));
-    }
-    if script_id.chars().any(char::is_control) {
-        return Err(Invalid::new(
-            "scriptId",
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
-}
-
-fn check_metadata(metadata: Option<&serde_json::Value>) -> Result<(), Invalid> {
-    let Some(metadata) = metadata else {
+/// Checks the rule between a new call's fields at `now`: `expiresAt`, when
+/// given, is after `now` and after `notBefore`. Each field on its own is valid
+/// by its type.
+///
+/// # Errors
+/// [`Invalid`] naming `expiresAt`.
+pub fn validate_new_call(new: &NewCall, now: DateTime<Utc>) -> Result<(), Invalid> {
+    let Some(expires_at) = new.expires_at else {
         return Ok(());
     };
-    if !metadata.is_object() {
-        return Err(Invalid::new("metadata", "must be a JSON object"));
+    if expires_at <= now {
+        return Err(Invalid::new("expiresAt", "must be in the future"));
     }
-    if metadata.to_string().len() > MAX_METADATA_BYTES {
-        return Err(Invalid::new(
-            "metadata",
-            format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a new call at `now`.
-///
-/// # Errors
-/// [`Invalid`] for an empty or over-long `scriptId`, `metadata` that is not an
-/// object or too large, an `expiresAt` not after `now` or not after
-/// `notBefore`, or an over-long idempotency key.
-pub fn validate_new_call(new: &NewCall, now: DateTime<Utc>) -> Result<(), Invalid> {
-    check_script_id(&new.payload.script_id)?;
-    check_metadata(new.payload.metadata.as_ref())?;
-    if let Some(expires_at) = new.expires_at {
-        if expires_at <= now {
-            return Err(Invalid::new("expiresAt", "must be in the future"));
-        }
-        if new
-            .not_before
-            .is_some_and(|not_before| expires_at <= not_before)
-        {
-            return Err(Invalid::new("expiresAt", "must be after notBefore"));
-        }
-    }
-    if let Some(key) = &new.idempotency_key {
-        if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
-            return Err(Invalid::new(
-                "Idempotency-Key",
-                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters"),
-            ));
-        }
+    if new
+        .not_before
+        .is_some_and(|not_before| expires_at <= not_before)
+    {
+        return Err(Invalid::new("expiresAt", "must be after notBefore"));
     }
     Ok(())
-}
-
-/// Checks a payload update.
-///
-/// # Errors
-/// [`Invalid`] as for [`validate_new_call`], field by field.
-pub fn validate_patch(patch: &PayloadPatch) -> Result<(), Invalid> {
-    if let Some(script_id) = &patch.script_id {
-        check_script_id(script_id)?;
-    }
-    check_metadata(patch.metadata.as_ref())
 }
 
 /// Checks a provider call id (from a dial's answer or a webhook): 1 to
@@ -139,6 +81,33 @@ pub fn validate_provider_call_id(id: &str) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::NewCall;
+    use crate::input::ScriptId;
+    use crate::phone::PhoneNumber;
+    use chrono::TimeDelta;
+
+    #[test]
+    fn expires_at_must_follow_now_and_not_before() {
+        let now = Utc::now();
+        let schedule = |not_before: Option<DateTime<Utc>>, expires_at: Option<DateTime<Utc>>| {
+            let mut new = NewCall::new(
+                PhoneNumber::parse("+966501234567").expect("valid"),
+                ScriptId::parse("s").expect("valid"),
+            );
+            new.not_before = not_before;
+            new.expires_at = expires_at;
+            validate_new_call(&new, now).map_err(|invalid| invalid.field)
+        };
+        let later = now + TimeDelta::hours(1);
+        assert_eq!(schedule(None, None), Ok(()));
+        assert_eq!(schedule(Some(now), Some(later)), Ok(()));
+        assert_eq!(schedule(None, Some(now)), Err("expiresAt"));
+        assert_eq!(schedule(Some(later), Some(later)), Err("expiresAt"));
+        assert_eq!(
+            schedule(Some(later + TimeDelta::seconds(1)), Some(later)),
+            Err("expiresAt")
+        );
+    }
 
     #[test]
     fn provider_call_ids_are_bounded_printable_text() {

@@ -16,13 +16,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use mockall::{mock, Sequence};
 use orchestrator_core::config::ConfigError;
 use orchestrator_core::simulated::OutcomeMix;
-use orchestrator_core::store::{ClaimRequest, ListQuery};
+use orchestrator_core::store::ClaimRequest;
 use orchestrator_core::validate::Invalid;
 use orchestrator_core::{
     AttemptRef, Call, CallId, CallStatus, Clock, DialError, DialRequest, Dialled, EngineConfig,
-    EngineError, MemoryStore, NewCall, Orchestrator, PhoneNumber, Provider, RedialPolicy,
-    ReportedStatus, RetryPolicy, SimulatedProvider, SimulationConfig, StatusReport, Store,
-    TokioClock, WebhookDelivery, WebhookOutcome,
+    EngineError, MemoryStore, Metadata, NewCall, Orchestrator, PhoneNumber, Provider, RedialPolicy,
+    ReportedStatus, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, StatusReport,
+    Store, TokioClock, WebhookDelivery, WebhookOutcome,
 };
 use serde_json::json;
 
@@ -159,7 +159,10 @@ fn number(raw: &str) -> PhoneNumber {
 }
 
 fn call_to(raw: &str) -> NewCall {
-    NewCall::new(number(raw), "welcomeFlow")
+    NewCall::new(
+        number(raw),
+        ScriptId::parse("welcomeFlow").expect("valid script id"),
+    )
 }
 
 /// The provider id the accepting mock gives `attempt`: one per attempt, as a
@@ -251,8 +254,8 @@ async fn created_call_is_dialled_with_its_payload_attempt_one_and_idempotency_ke
         .returning(move |request| accept(&log, request));
     let h = Harness::new(config(), dialer, dials);
     let mut new = call_to("+966 50 123 4567");
-    new.payload.script_id = "renewalFlow".into();
-    new.payload.metadata = Some(json!({"customer": 17, "tags": ["vip"]}));
+    new.payload.script_id = ScriptId::parse("renewalFlow").unwrap();
+    new.payload.metadata = Some(Metadata::new(json!({"customer": 17, "tags": ["vip"]})).unwrap());
     let created = h.create(new).await;
     assert_eq!(created.status, CallStatus::Pending);
     assert_eq!(created.attempts, 0);
@@ -961,17 +964,11 @@ fn invalid_field<T: std::fmt::Debug>(result: Result<T, EngineError>) -> &'static
     }
 }
 
+/// Each field is valid by its type; the engine checks the rule between them.
 #[tokio::test(start_paused = true)]
-async fn invalid_new_calls_are_refused_naming_the_field_and_nothing_is_stored() {
+async fn schedules_expiring_too_soon_are_refused_naming_the_field_and_nothing_is_stored() {
     let h = Harness::accepting(config());
     let now = h.now();
-
-    let mut blank_script = call_to("+966501234567");
-    blank_script.payload.script_id = "   ".into();
-    assert_eq!(
-        invalid_field(h.engine.create_call(blank_script).await),
-        "scriptId"
-    );
 
     let mut past = call_to("+966501234567");
     past.expires_at = Some(now);
@@ -985,37 +982,8 @@ async fn invalid_new_calls_are_refused_naming_the_field_and_nothing_is_stored() 
         "expiresAt"
     );
 
-    let mut array_metadata = call_to("+966501234567");
-    array_metadata.payload.metadata = Some(json!(["not", "an", "object"]));
-    assert_eq!(
-        invalid_field(h.engine.create_call(array_metadata).await),
-        "metadata"
-    );
-
     let counts = h.engine.counts().await.unwrap();
     assert_eq!(counts.total(), 0);
-}
-
-#[tokio::test(start_paused = true)]
-async fn list_refuses_page_zero_and_page_sizes_outside_1_to_100() {
-    let h = Harness::accepting(config());
-    let page_zero = ListQuery {
-        page: 0,
-        ..ListQuery::default()
-    };
-    assert_eq!(invalid_field(h.engine.list_calls(&page_zero).await), "page");
-    for page_size in [0, ListQuery::MAX_PAGE_SIZE + 1] {
-        let query = ListQuery {
-            page_size,
-            ..ListQuery::default()
-        };
-        assert_eq!(invalid_field(h.engine.list_calls(&query).await), "pageSize");
-    }
-    let largest = ListQuery {
-        page_size: ListQuery::MAX_PAGE_SIZE,
-        ..ListQuery::default()
-    };
-    assert!(h.engine.list_calls(&largest).await.is_ok());
 }
 
 #[test]

@@ -1,11 +1,13 @@
-//! Handlers of the `/calls` resource (SPEC section 2).
+//! Handlers of the `/calls` resource (SPEC section 2), and the request
+//! bodies they read.
 //!
-//! Bodies are read field by field ([`Fields`]): unknown members are
-//! rejected with 400 naming them, because a misspelt optional field (say
-//! `notbefore`) would otherwise be dropped silently and the call dialled at
-//! once. `null` stands for "absent" in `POST` bodies; in `PATCH` bodies it
-//! is refused (leave a field out to keep it). Unknown query parameters of
-//! `GET /calls` are rejected the same way.
+//! Bodies are serde structs ([`CreateCallRequest`], [`UpdateCallRequest`])
+//! converted into core types with `TryFrom`, which names every field at
+//! fault. Unknown members are rejected with 400 naming them, because a
+//! misspelt optional field (say `notbefore`) would otherwise be dropped
+//! silently and the call dialled at once. `null` stands for "absent" in
+//! `POST` bodies; in `PATCH` bodies it is refused (leave a field out to keep
+//! it). Unknown query parameters of `GET /calls` are rejected the same way.
 
 use axum::extract::State;
 use axum::http::header::LOCATION;
@@ -13,10 +15,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orchestrator_core::store::ListQuery;
-use orchestrator_core::validate::{validate_patch, MAX_IDEMPOTENCY_KEY_CHARS};
-use orchestrator_core::{Call, CallPayload, CallStatus, NewCall, PayloadPatch, PhoneNumber};
+use orchestrator_core::{
+    Call, CallPayload, CallStatus, IdempotencyKey, Metadata, NewCall, PayloadPatch, PhoneNumber,
+    ScriptId,
+};
+use serde::Deserialize;
 
-use crate::extract::{CallIdPath, Fields, JsonObject, Presence, QueryPairs};
+use crate::extract::{CallIdPath, JsonBody, Member, QueryPairs, Timestamp, UnknownMembers};
 use crate::problem::{ApiError, FieldError};
 use crate::router::{record_call_id, AppState};
 
@@ -25,9 +30,101 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header set on a `POST /calls` that returned an existing call.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
-const CREATE_FIELDS: [&str; 5] = ["to", "scriptId", "metadata", "notBefore", "expiresAt"];
-const PATCH_FIELDS: [&str; 3] = ["to", "scriptId", "metadata"];
 const LIST_PARAMETERS: [&str; 3] = ["status", "page", "pageSize"];
+
+/// The body of `POST /calls`: `{to, scriptId, metadata?, notBefore?, expiresAt?}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", expecting = "a JSON object")]
+pub struct CreateCallRequest {
+    /// The callee, any spelling of an international number.
+    to: Member<PhoneNumber>,
+    /// The provider's script / flow.
+    script_id: Member<ScriptId>,
+    /// A JSON object passed through to the provider.
+    metadata: Member<Metadata>,
+    /// Do not dial before this instant (RFC 3339).
+    not_before: Member<Timestamp>,
+    /// Not dialled by this instant → `EXPIRED` (RFC 3339).
+    expires_at: Member<Timestamp>,
+    #[serde(flatten)]
+    unknown: UnknownMembers,
+}
+
+impl CreateCallRequest {
+    /// The members, by wire name.
+    pub const FIELDS: [&'static str; 5] = ["to", "scriptId", "metadata", "notBefore", "expiresAt"];
+}
+
+impl TryFrom<CreateCallRequest> for NewCall {
+    type Error = Vec<FieldError>;
+
+    /// The new call, without an idempotency key (that is a header).
+    fn try_from(request: CreateCallRequest) -> Result<Self, Self::Error> {
+        let mut errors = Vec::new();
+        request
+            .unknown
+            .report(&CreateCallRequest::FIELDS, &mut errors);
+        let to = request.to.required("to", &mut errors);
+        let script_id = request.script_id.required("scriptId", &mut errors);
+        let metadata = request.metadata.optional("metadata", &mut errors);
+        let not_before = request.not_before.optional("notBefore", &mut errors);
+        let expires_at = request.expires_at.optional("expiresAt", &mut errors);
+        match (to, script_id) {
+            (Some(to), Some(script_id)) if errors.is_empty() => Ok(NewCall {
+                payload: CallPayload {
+                    to,
+                    script_id,
+                    metadata,
+                },
+                not_before: not_before.map(|at| at.0),
+                expires_at: expires_at.map(|at| at.0),
+                idempotency_key: None,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// The body of `PATCH /calls/{id}`: `{to?, scriptId?, metadata?}`; members
+/// left out keep their value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", expecting = "a JSON object")]
+pub struct UpdateCallRequest {
+    /// The new callee.
+    to: Member<PhoneNumber>,
+    /// The new script.
+    script_id: Member<ScriptId>,
+    /// The new metadata, replacing the old whole.
+    metadata: Member<Metadata>,
+    #[serde(flatten)]
+    unknown: UnknownMembers,
+}
+
+impl UpdateCallRequest {
+    /// The members, by wire name.
+    pub const FIELDS: [&'static str; 3] = ["to", "scriptId", "metadata"];
+}
+
+impl TryFrom<UpdateCallRequest> for PayloadPatch {
+    type Error = Vec<FieldError>;
+
+    fn try_from(request: UpdateCallRequest) -> Result<Self, Self::Error> {
+        let mut errors = Vec::new();
+        request
+            .unknown
+            .report(&UpdateCallRequest::FIELDS, &mut errors);
+        let patch = PayloadPatch {
+            to: request.to.optional_not_null("to", &mut errors),
+            script_id: request.script_id.optional_not_null("scriptId", &mut errors),
+            metadata: request.metadata.optional_not_null("metadata", &mut errors),
+        };
+        if errors.is_empty() {
+            Ok(patch)
+        } else {
+            Err(errors)
+        }
+    }
+}
 
 /// `POST /calls`: stores a `PENDING` call and answers 201 with it at once
 /// (the engine dials later). With an `Idempotency-Key` seen before, answers
@@ -40,31 +137,18 @@ const LIST_PARAMETERS: [&str; 3] = ["status", "page", "pageSize"];
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonObject(body): JsonObject,
+    JsonBody(request): JsonBody<CreateCallRequest>,
 ) -> Result<Response, ApiError> {
-    let mut fields = Fields::new(body);
-    let idempotency_key = idempotency_key(&headers, &mut fields);
-    fields.reject_unknown(&CREATE_FIELDS);
-    let to = fields.parsed("to", Presence::Required, PhoneNumber::parse);
-    let script_id = fields.string("scriptId", Presence::Required);
-    let metadata = fields.object("metadata", Presence::Optional);
-    let not_before = fields.timestamp("notBefore", Presence::Optional);
-    let expires_at = fields.timestamp("expiresAt", Presence::Optional);
-    check_with_core_rules(&mut fields, script_id.as_deref(), metadata.as_ref());
-    fields.finish()?;
-    let (Some(to), Some(script_id)) = (to, script_id) else {
-        // `finish` has refused a missing `to` or `scriptId` already.
-        return Err(ApiError::invalid("to", "is required"));
-    };
-    let new = NewCall {
-        payload: CallPayload {
-            to,
-            script_id,
-            metadata,
+    let new = match (idempotency_key(&headers), NewCall::try_from(request)) {
+        (Ok(idempotency_key), Ok(new)) => NewCall {
+            idempotency_key,
+            ..new
         },
-        not_before,
-        expires_at,
-        idempotency_key,
+        (key, new) => {
+            let mut errors: Vec<FieldError> = key.err().into_iter().collect();
+            errors.extend(new.err().into_iter().flatten());
+            return Err(ApiError::Invalid(errors));
+        }
     };
     let created = state.orchestrator().create_call(new.clone()).await?;
     let call = created.call;
@@ -86,47 +170,16 @@ pub async fn create(
     Ok(response)
 }
 
-/// Applies the core's rules for `scriptId` and `metadata` now, field by
-/// field, so that one answer names every field at fault (the engine stops
-/// at the first); the engine checks them again, so the rules live in one place.
-fn check_with_core_rules(
-    fields: &mut Fields,
-    script_id: Option<&str>,
-    metadata: Option<&serde_json::Value>,
-) {
-    let one_field = [
-        PayloadPatch {
-            script_id: script_id.map(str::to_owned),
-            ..PayloadPatch::default()
-        },
-        PayloadPatch {
-            metadata: metadata.cloned(),
-            ..PayloadPatch::default()
-        },
-    ];
-    for patch in one_field {
-        if let Err(invalid) = validate_patch(&patch) {
-            fields.error(invalid.field, invalid.message);
-        }
-    }
-}
-
-/// Reads the optional `Idempotency-Key` header, recording an error in `fields`
-/// when it is not 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap, fields: &mut Fields) -> Option<String> {
-    let value = headers.get(IDEMPOTENCY_KEY)?;
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_CHARS);
-    if key.is_none() {
-        fields.error(
-            "Idempotency-Key",
-            format!("must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters"),
-        );
-    }
-    key.map(str::to_owned)
+/// The optional `Idempotency-Key` header.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, FieldError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    // Bytes that are not visible ASCII are refused by the key's own rule.
+    let raw = String::from_utf8_lossy(value.as_bytes());
+    IdempotencyKey::parse(raw)
+        .map(Some)
+        .map_err(FieldError::from)
 }
 
 /// Whether an idempotent repeat asked for what the first request did. Only
@@ -160,22 +213,10 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     CallIdPath(id): CallIdPath,
-    JsonObject(body): JsonObject,
+    JsonBody(request): JsonBody<UpdateCallRequest>,
 ) -> Result<Json<Call>, ApiError> {
     record_call_id(id);
-    let mut fields = Fields::new(body);
-    fields.reject_unknown(&PATCH_FIELDS);
-    let patch = PayloadPatch {
-        to: fields.parsed("to", Presence::OptionalNotNull, PhoneNumber::parse),
-        script_id: fields.string("scriptId", Presence::OptionalNotNull),
-        metadata: fields.object("metadata", Presence::OptionalNotNull),
-    };
-    check_with_core_rules(
-        &mut fields,
-        patch.script_id.as_deref(),
-        patch.metadata.as_ref(),
-    );
-    fields.finish()?;
+    let patch = PayloadPatch::try_from(request).map_err(ApiError::Invalid)?;
     Ok(Json(state.orchestrator().update_call(id, &patch).await?))
 }
 
@@ -206,37 +247,82 @@ fn list_query(query: &QueryPairs) -> Result<ListQuery, ApiError> {
             ));
         }
     }
-    let mut list = ListQuery::default();
-    if let Some(raw) = query.get("status") {
-        match raw.parse::<CallStatus>() {
-            Ok(status) => list.status = Some(status),
-            Err(error) => errors.push(FieldError::new("status", error.to_string())),
+    let status = query
+        .get("status")
+        .and_then(|raw| match raw.parse::<CallStatus>() {
+            Ok(status) => Some(status),
+            Err(error) => {
+                errors.push(FieldError::new("status", error.to_string()));
+                None
+            }
+        });
+    let mut whole_number = |name: &str| {
+        let raw = query.get(name)?;
+        let parsed = raw.parse::<u32>().ok();
+        if parsed.is_none() {
+            errors.push(FieldError::new(
+                name,
+                format!("must be a whole number, not {raw:?}"),
+            ));
+        }
+        parsed
+    };
+    let page = whole_number("page");
+    let page_size = whole_number("pageSize");
+    match ListQuery::new(status, page, page_size) {
+        Ok(list) if errors.is_empty() => Ok(list),
+        Ok(_) => Err(ApiError::Invalid(errors)),
+        Err(invalid) => {
+            errors.extend(invalid.into_iter().map(FieldError::from));
+            Err(ApiError::Invalid(errors))
         }
     }
-    if let Some(raw) = query.get("page") {
-        match raw.parse::<u32>() {
-            Ok(page) if page >= 1 => list.page = page,
-            _ => errors.push(FieldError::new(
-                "page",
-                format!("must be a whole number of at least 1, not {raw:?}"),
-            )),
-        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The field names listed in errors about unknown members are the ones serde reads.
+    fn declared_fields_are_known<T>(fields: &[&str], convert: impl Fn(T) -> Vec<FieldError>)
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        let body: serde_json::Map<String, serde_json::Value> = fields
+            .iter()
+            .map(|name| ((*name).to_owned(), serde_json::json!(["wrong"])))
+            .collect();
+        let request: T = serde_json::from_value(body.into()).expect("an object");
+        let mut named: Vec<String> = convert(request)
+            .into_iter()
+            .map(|error| error.field)
+            .collect();
+        named.sort();
+        let mut expected: Vec<String> = fields.iter().map(|name| (*name).to_owned()).collect();
+        expected.sort();
+        assert_eq!(
+            named, expected,
+            "each declared field is read, and reported once"
+        );
     }
-    if let Some(raw) = query.get("pageSize") {
-        match raw.parse::<u32>() {
-            Ok(size) if (1..=ListQuery::MAX_PAGE_SIZE).contains(&size) => list.page_size = size,
-            _ => errors.push(FieldError::new(
-                "pageSize",
-                format!(
-                    "must be a whole number from 1 to {}, not {raw:?}",
-                    ListQuery::MAX_PAGE_SIZE
-                ),
-            )),
-        }
+
+    #[test]
+    fn create_fields_are_the_ones_read() {
+        declared_fields_are_known(&CreateCallRequest::FIELDS, |request: CreateCallRequest| {
+            NewCall::try_from(request).expect_err("all wrong")
+        });
     }
-    if errors.is_empty() {
-        Ok(list)
-    } else {
-        Err(ApiError::Invalid(errors))
+
+    #[test]
+    fn update_fields_are_the_ones_read() {
+        declared_fields_are_known(&UpdateCallRequest::FIELDS, |request: UpdateCallRequest| {
+            PayloadPatch::try_from(request).expect_err("all wrong")
+        });
+    }
+
+    #[test]
+    fn an_empty_patch_changes_nothing() {
+        let request: UpdateCallRequest = serde_json::from_str("{}").expect("an object");
+        assert_eq!(PayloadPatch::try_from(request), Ok(PayloadPatch::default()));
     }
 }

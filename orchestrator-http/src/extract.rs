@@ -1,10 +1,16 @@
-//! Request extractors whose every rejection is an [`ApiError`], so axum's
-//! built-in plain-text rejections never reach a client.
+//! Request extractors and the pieces request types are declared with. Every
+//! rejection is an [`ApiError`], so axum's plain-text rejections never reach
+//! a client.
 //!
-//! JSON bodies are read as a [`serde_json::Value`] first and then field by
-//! field with [`Fields`], rather than deserialised straight into a struct:
-//! that way an error names the field at fault (`to`, `notBefore`) and all
-//! wrong fields are reported at once, instead of serde's first message.
+//! A JSON body is declared as a serde struct whose members are [`Member`]s:
+//! a member whose value is wrong does not stop the others being read, so one
+//! answer names every field at fault. Members the struct does not declare
+//! are collected in [`UnknownMembers`] and reported, each by name (serde's
+//! `deny_unknown_fields` would stop at the first). The struct then converts
+//! into core types with `TryFrom`; each value was already checked by its core
+//! type's `Deserialize`, so no rule is written twice.
+
+use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -14,7 +20,9 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use orchestrator_core::clock::truncate_to_micros;
 use orchestrator_core::CallId;
-use serde_json::{Map, Value};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+use serde_json::error::Category;
 
 use crate::problem::{ApiError, FieldError};
 use crate::router::AppState;
@@ -43,12 +51,12 @@ impl FromRequest<AppState> for RawBody {
     }
 }
 
-/// A JSON object body sent as `application/json` (or any `application/*+json`,
-/// e.g. `application/merge-patch+json` for PATCH).
+/// A JSON body read into `T`, sent as `application/json` (or any
+/// `application/*+json`, e.g. `application/merge-patch+json` for PATCH).
 #[derive(Debug)]
-pub struct JsonObject(pub Map<String, Value>);
+pub struct JsonBody<T>(pub T);
 
-impl FromRequest<AppState> for JsonObject {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -58,27 +66,39 @@ impl FromRequest<AppState> for JsonObject {
             ));
         }
         let RawBody(bytes) = RawBody::from_request(request, state).await?;
-        parse_object(&bytes).map(JsonObject)
+        parse_json(&bytes).map(JsonBody)
     }
 }
 
-/// Parses `bytes` as a JSON object.
+/// Reads `bytes` as one JSON value of type `T`.
 ///
 /// # Errors
-/// [`ApiError::MalformedBody`] with serde's position of the syntax error, or
-/// when the JSON is not an object.
-pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+/// [`ApiError::MalformedBody`] when `bytes` are not JSON (with serde's
+/// position of the error) or not the shape `T` expects at the top (e.g. an
+/// array where an object is expected); [`ApiError::Invalid`] naming the path
+/// of a value of the wrong type below the top (e.g. `metadata`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde_json stops at 128 levels of nesting, so hostile input cannot
     // exhaust the stack.
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|error| ApiError::MalformedBody(format!("the body is not valid JSON: {error}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        other => Err(ApiError::MalformedBody(format!(
-            "the body must be a JSON object, not {}",
-            json_type(&other)
-        ))),
-    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let (path, error) = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => match deserializer.end() {
+            Ok(()) => return Ok(value),
+            Err(trailing) => (String::new(), trailing),
+        },
+        Err(error) => (error.path().to_string(), error.into_inner()),
+    };
+    Err(match error.classify() {
+        Category::Data if !path.is_empty() && path != "." => {
+            ApiError::invalid(path, error.to_string())
+        }
+        Category::Data => {
+            ApiError::MalformedBody(format!("the body is not the JSON expected: {error}"))
+        }
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::MalformedBody(format!("the body is not valid JSON: {error}"))
+        }
+    })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -95,16 +115,115 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The name of a JSON value's type, for messages.
-#[must_use]
-pub fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// One member of a JSON object in a request, read so that a wrong value
+/// does not stop the other members being read. `T` is usually a core type
+/// whose `Deserialize` checks its rule, so the message is the rule's.
+///
+/// Declare the struct `#[serde(default)]`, so a member left out is
+/// [`Member::Absent`].
+#[derive(Debug, Default, PartialEq)]
+pub enum Member<T> {
+    /// Not in the object.
+    #[default]
+    Absent,
+    /// Present as `null`.
+    Null,
+    /// Present and valid.
+    Valid(T),
+    /// Present but not a valid `T`: what is wrong.
+    Invalid(String),
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Member<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if value.is_null() {
+            return Ok(Member::Null);
+        }
+        Ok(match T::deserialize(value) {
+            Ok(valid) => Member::Valid(valid),
+            Err(error) => Member::Invalid(error.to_string()),
+        })
+    }
+}
+
+impl<T> Member<T> {
+    /// The value of a member that must be present and not `null`; otherwise
+    /// records why in `errors` under `name`.
+    pub fn required(self, name: &str, errors: &mut Vec<FieldError>) -> Option<T> {
+        match self {
+            Member::Absent | Member::Null => {
+                errors.push(FieldError::new(name, "is required"));
+                None
+            }
+            other => other.optional(name, errors),
+        }
+    }
+
+    /// The value of a member that may be left out; `null` counts as left out.
+    /// A wrong value is recorded in `errors` under `name`.
+    pub fn optional(self, name: &str, errors: &mut Vec<FieldError>) -> Option<T> {
+        match self {
+            Member::Absent | Member::Null => None,
+            Member::Valid(value) => Some(value),
+            Member::Invalid(message) => {
+                errors.push(FieldError::new(name, message));
+                None
+            }
+        }
+    }
+
+    /// The value of a member that may be left out but not be `null`: in a
+    /// PATCH, a member left out keeps its value, and a required field cannot
+    /// be cleared. A `null` or wrong value is recorded in `errors` under `name`.
+    pub fn optional_not_null(self, name: &str, errors: &mut Vec<FieldError>) -> Option<T> {
+        match self {
+            Member::Null => {
+                errors.push(FieldError::new(
+                    name,
+                    "must not be null; leave it out to keep the current value",
+                ));
+                None
+            }
+            other => other.optional(name, errors),
+        }
+    }
+}
+
+/// The members of a JSON object that its request type does not declare, by
+/// name. Declared as `#[serde(flatten)] unknown: UnknownMembers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(transparent)]
+pub struct UnknownMembers(BTreeMap<String, IgnoredAny>);
+
+impl UnknownMembers {
+    /// Records one error per unknown member, in name order, listing the `known` ones.
+    pub fn report(self, known: &[&str], errors: &mut Vec<FieldError>) {
+        for name in self.0.into_keys() {
+            errors.push(FieldError::new(
+                name,
+                format!("is not a known field; expected {}", known.join(", ")),
+            ));
+        }
+    }
+}
+
+/// An RFC 3339 timestamp with an explicit offset (`2025-07-20T10:00:00Z`,
+/// `...+03:00`), converted to UTC and truncated to microseconds (what every
+/// store keeps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&raw)
+            .map(|at| Timestamp(truncate_to_micros(at.with_timezone(&Utc))))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{raw:?} is not an RFC 3339 timestamp with an offset, e.g. 2025-07-20T10:00:00Z"
+                ))
+            })
     }
 }
 
@@ -167,164 +286,5 @@ impl QueryPairs {
             .iter()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.as_str())
-    }
-}
-
-/// How a body member may be given.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Presence {
-    /// Must be present and not `null`.
-    Required,
-    /// May be absent; `null` means absent.
-    Optional,
-    /// May be absent, but not `null` (PATCH: absent keeps the old value, and
-    /// there is no way to clear a required field).
-    OptionalNotNull,
-}
-
-/// Reads a JSON object's members one by one, collecting every error.
-#[derive(Debug)]
-pub struct Fields {
-    map: Map<String, Value>,
-    errors: Vec<FieldError>,
-}
-
-impl Fields {
-    /// A reader over `map`.
-    #[must_use]
-    pub fn new(map: Map<String, Value>) -> Self {
-        Self {
-            map,
-            errors: Vec::new(),
-        }
-    }
-
-    /// Records an error for every member not in `allowed`.
-    pub fn reject_unknown(&mut self, allowed: &[&str]) {
-        let mut unknown: Vec<&String> = self
-            .map
-            .keys()
-            .filter(|key| !allowed.contains(&key.as_str()))
-            .collect();
-        unknown.sort();
-        for key in unknown {
-            self.errors.push(FieldError::new(
-                key.clone(),
-                format!("is not a known field; expected {}", allowed.join(", ")),
-            ));
-        }
-    }
-
-    /// Records an error for `field`.
-    pub fn error(&mut self, field: &str, message: impl Into<String>) {
-        self.errors.push(FieldError::new(field, message));
-    }
-
-    /// The member `name`, applying `presence`; `None` when absent (or null
-    /// where allowed) or wrong.
-    fn take(&mut self, name: &str, presence: Presence) -> Option<Value> {
-        match (self.map.remove(name), presence) {
-            (None, Presence::Required) | (Some(Value::Null), Presence::Required) => {
-                self.error(name, "is required");
-                None
-            }
-            (Some(Value::Null), Presence::OptionalNotNull) => {
-                self.error(
-                    name,
-                    "must not be null; leave it out to keep the current value",
-                );
-                None
-            }
-            (None, _) | (Some(Value::Null), _) => None,
-            (Some(value), _) => Some(value),
-        }
-    }
-
-    /// A string member.
-    pub fn string(&mut self, name: &str, presence: Presence) -> Option<String> {
-        match self.take(name, presence)? {
-            Value::String(value) => Some(value),
-            other => {
-                self.error(name, format!("must be a string, not {}", json_type(&other)));
-                None
-            }
-        }
-    }
-
-    /// A string member parsed by `parse`, whose error message is recorded.
-    pub fn parsed<T, E: std::fmt::Display>(
-        &mut self,
-        name: &str,
-        presence: Presence,
-        parse: impl FnOnce(&str) -> Result<T, E>,
-    ) -> Option<T> {
-        let raw = self.string(name, presence)?;
-        match parse(&raw) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                self.error(name, error.to_string());
-                None
-            }
-        }
-    }
-
-    /// An RFC 3339 timestamp member with an explicit offset, converted to UTC
-    /// and truncated to microseconds (what every store keeps).
-    pub fn timestamp(&mut self, name: &str, presence: Presence) -> Option<DateTime<Utc>> {
-        self.parsed(name, presence, |raw| {
-            DateTime::parse_from_rfc3339(raw)
-                .map(|at| truncate_to_micros(at.with_timezone(&Utc)))
-                .map_err(|_| {
-                    format!(
-                        "{raw:?} is not an RFC 3339 timestamp with an offset, e.g. 2025-07-20T10:00:00Z"
-                    )
-                })
-        })
-    }
-
-    /// A JSON object member.
-    pub fn object(&mut self, name: &str, presence: Presence) -> Option<Value> {
-        match self.take(name, presence)? {
-            value @ Value::Object(_) => Some(value),
-            other => {
-                self.error(
-                    name,
-                    format!("must be a JSON object, not {}", json_type(&other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// A non-negative integer member that fits in `u32`.
-    pub fn u32(&mut self, name: &str, presence: Presence) -> Option<u32> {
-        let value = self.take(name, presence)?;
-        match value.as_u64().map(u32::try_from) {
-            Some(Ok(number)) => Some(number),
-            _ => {
-                let got = if value.is_number() {
-                    value.to_string()
-                } else {
-                    json_type(&value).to_owned()
-                };
-                self.error(
-                    name,
-                    format!("must be a whole number from 0 to {}, not {got}", u32::MAX),
-                );
-                None
-            }
-        }
-    }
-
-    /// Ok when no member was wrong.
-    ///
-    /// # Errors
-    /// [`ApiError::Invalid`] naming every field at fault.
-    pub fn finish(self) -> Result<(), ApiError> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Invalid(self.errors))
-        }
     }
 }

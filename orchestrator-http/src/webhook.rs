@@ -18,13 +18,59 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use orchestrator_core::provider::parse_webhook_query;
+use orchestrator_core::validate::validate_provider_call_id;
 use orchestrator_core::{AttemptRef, CallId, ReportedStatus, StatusReport, WebhookDelivery};
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::extract::{parse_object, Fields, Presence, QueryPairs, RawBody};
+use crate::extract::{parse_json, Member, QueryPairs, RawBody, Timestamp};
 use crate::problem::{ApiError, FieldError};
 use crate::router::{record_call_id, AppState};
-use orchestrator_core::validate::validate_provider_call_id;
+
+/// The webhook body: `{callId, status, durationSec?, completedAt?}`. Members
+/// it does not declare are ignored: providers add fields over time.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", expecting = "a JSON object")]
+pub struct CallStatusWebhook {
+    /// The provider's id of the call.
+    call_id: Member<String>,
+    /// `COMPLETED`, `FAILED`, `BUSY` or `NO_ANSWER`.
+    status: Member<ReportedStatus>,
+    /// Call duration in seconds.
+    duration_sec: Member<u32>,
+    /// When the call ended (RFC 3339).
+    completed_at: Member<Timestamp>,
+}
+
+impl TryFrom<CallStatusWebhook> for StatusReport {
+    type Error = Vec<FieldError>;
+
+    fn try_from(webhook: CallStatusWebhook) -> Result<Self, Self::Error> {
+        let mut errors = Vec::new();
+        let provider_call_id = webhook
+            .call_id
+            .required("callId", &mut errors)
+            .filter(|id| match validate_provider_call_id(id) {
+                Ok(()) => true,
+                Err(invalid) => {
+                    errors.push(invalid.into());
+                    false
+                }
+            });
+        let status = webhook.status.required("status", &mut errors);
+        let duration_sec = webhook.duration_sec.optional("durationSec", &mut errors);
+        let completed_at = webhook.completed_at.optional("completedAt", &mut errors);
+        match (provider_call_id, status) {
+            (Some(provider_call_id), Some(status)) if errors.is_empty() => Ok(StatusReport {
+                provider_call_id,
+                status,
+                duration_sec,
+                completed_at: completed_at.map(|at| at.0),
+            }),
+            _ => Err(errors),
+        }
+    }
+}
 
 /// Settles one webhook; see the module documentation for the answers.
 ///
@@ -46,7 +92,8 @@ pub async fn call_status(
     if let Some(attempt) = attempt {
         record_call_id(attempt.call_id);
     }
-    let report = status_report(&body)?;
+    let webhook: CallStatusWebhook = parse_json(&body)?;
+    let report = StatusReport::try_from(webhook).map_err(ApiError::Invalid)?;
     let delivery = WebhookDelivery { report, attempt };
     let outcome = state.orchestrator().handle_webhook(delivery).await?;
     let call = outcome.call();
@@ -92,42 +139,4 @@ fn attempt_hint(query: &QueryPairs) -> Result<Option<AttemptRef>, ApiError> {
     Ok(call_id
         .zip(attempt)
         .and_then(|(call_id, attempt)| parse_webhook_query(call_id, attempt)))
-}
-
-/// The webhook body of SPEC section 4.
-fn status_report(body: &[u8]) -> Result<StatusReport, ApiError> {
-    let mut fields = Fields::new(parse_object(body)?);
-    let provider_call_id = fields.parsed("callId", Presence::Required, |raw| {
-        validate_provider_call_id(raw)
-            .map(|()| raw.to_owned())
-            .map_err(|invalid| invalid.message)
-    });
-    let status = fields.parsed("status", Presence::Required, parse_status);
-    let duration_sec = fields.u32("durationSec", Presence::Optional);
-    let completed_at = fields.timestamp("completedAt", Presence::Optional);
-    fields.finish()?;
-    let (Some(provider_call_id), Some(status)) = (provider_call_id, status) else {
-        // `finish` has refused a missing `callId` or `status` already.
-        return Err(ApiError::invalid("callId", "is required"));
-    };
-    Ok(StatusReport {
-        provider_call_id,
-        status,
-        duration_sec,
-        completed_at,
-    })
-}
-
-fn parse_status(raw: &str) -> Result<ReportedStatus, String> {
-    [
-        ReportedStatus::Completed,
-        ReportedStatus::Failed,
-        ReportedStatus::Busy,
-        ReportedStatus::NoAnswer,
-    ]
-    .into_iter()
-    .find(|status| status.as_str() == raw)
-    .ok_or_else(|| {
-        format!("unknown status {raw:?}; expected one of COMPLETED, FAILED, BUSY, NO_ANSWER")
-    })
 }

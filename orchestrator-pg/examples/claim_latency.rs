@@ -107,11 +107,7 @@ async fn measure(store: &PgStore, pending: i64) -> anyhow::Result<()> {
 
         let started = Instant::now();
         store
-            .list(&ListQuery {
-                status: Some(CallStatus::Pending),
-                page: 1,
-                page_size: 20,
-            })
+            .list(&ListQuery::new(Some(CallStatus::Pending), None, None).expect("a valid query"))
             .await?;
         lists.push(started.elapsed());
 

@@ -10,6 +10,7 @@
 use chrono::{DateTime, Utc};
 use orchestrator_core::call::{Call, CallId, NewCall};
 use orchestrator_core::clock;
+use orchestrator_core::input::IdempotencyKey;
 use orchestrator_core::store::Created;
 use sqlx::PgPool;
 
@@ -43,12 +44,12 @@ pub(crate) async fn create(
     let inserted: Option<CallRow> = sqlx::query_as(INSERT)
         .bind(id.0)
         .bind(new.payload.to.as_str())
-        .bind(&new.payload.script_id)
+        .bind(new.payload.script_id.as_str())
         .bind(metadata_text(new.payload.metadata.as_ref()))
         .bind(clock::truncate_to_micros(now))
         .bind(new.not_before)
         .bind(new.expires_at)
-        .bind(new.idempotency_key.as_deref())
+        .bind(new.idempotency_key.as_ref().map(IdempotencyKey::as_str))
         .fetch_optional(pool)
         .await?;
     if let Some(row) = inserted {
@@ -58,7 +59,7 @@ pub(crate) async fn create(
         });
     }
     let first: Option<CallRow> = sqlx::query_as(BY_KEY)
-        .bind(new.idempotency_key.as_deref())
+        .bind(new.idempotency_key.as_ref().map(IdempotencyKey::as_str))
         .fetch_optional(pool)
         .await?;
     let first = first.ok_or_else(|| {

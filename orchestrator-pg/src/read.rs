@@ -65,9 +65,9 @@ pub(crate) async fn list(pool: &PgPool, query: &ListQuery) -> Result<Page, PgErr
     let mut tx = pool
         .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await?;
-    let limit = i64::from(query.page_size);
+    let limit = i64::from(query.page_size());
     let offset = i64::try_from(query.offset()).unwrap_or(i64::MAX);
-    let rows: Vec<CallRow> = match query.status {
+    let rows: Vec<CallRow> = match query.status() {
         None => {
             sqlx::query_as(LIST_ALL)
                 .bind(limit)
@@ -84,12 +84,12 @@ pub(crate) async fn list(pool: &PgPool, query: &ListQuery) -> Result<Page, PgErr
                 .await?
         }
     };
-    let total = counts::total(&mut *tx, query.status).await?;
+    let total = counts::total(&mut *tx, query.status()).await?;
     tx.commit().await?;
     Ok(Page {
         items: calls(rows)?,
-        page: query.page,
-        page_size: query.page_size,
+        page: query.page(),
+        page_size: query.page_size(),
         total,
     })
 }

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use orchestrator_core::call::{AttemptRef, Call, CallId, CallPayload, CallStatus};
-use orchestrator_core::PhoneNumber;
+use orchestrator_core::{Metadata, PhoneNumber, ScriptId};
 use uuid::Uuid;
 
 use crate::error::PgError;
@@ -45,12 +45,16 @@ impl TryFrom<CallRow> for Call {
     fn try_from(row: CallRow) -> Result<Self, PgError> {
         let id = CallId(row.id);
         let corrupt = |problem: String| PgError::Corrupt(format!("call {id}: {problem}"));
-        let to = PhoneNumber::parse(&row.to_number)
-            .map_err(|error| corrupt(format!("to_number {:?}: {error}", row.to_number)))?;
+        // Stored numbers were valid when written; numbering plans change, so
+        // only their canonical form is checked on the way back.
+        let to = PhoneNumber::from_canonical(&row.to_number)
+            .map_err(|error| corrupt(format!("to_number: {error}")))?;
+        let script_id = ScriptId::parse(row.script_id)
+            .map_err(|error| corrupt(format!("script_id: {error}")))?;
         let metadata = row
             .metadata
             .as_deref()
-            .map(serde_json::from_str)
+            .map(Metadata::parse)
             .transpose()
             .map_err(|error| corrupt(format!("metadata: {error}")))?;
         let status = row
@@ -68,7 +72,7 @@ impl TryFrom<CallRow> for Call {
             id,
             payload: CallPayload {
                 to,
-                script_id: row.script_id,
+                script_id,
                 metadata,
             },
             status,
@@ -88,8 +92,8 @@ impl TryFrom<CallRow> for Call {
 }
 
 /// `metadata` as the JSON text we store (`None` stays SQL `NULL`).
-pub(crate) fn metadata_text(metadata: Option<&serde_json::Value>) -> Option<String> {
-    metadata.map(serde_json::Value::to_string)
+pub(crate) fn metadata_text(metadata: Option<&Metadata>) -> Option<String> {
+    metadata.map(Metadata::to_string)
 }
 
 /// Rows to calls, failing on the first invalid row.

@@ -31,7 +31,7 @@ pub(crate) async fn update_payload(
     sqlx::query(UPDATE_PAYLOAD)
         .bind(id.0)
         .bind(next.payload.to.as_str())
-        .bind(&next.payload.script_id)
+        .bind(next.payload.script_id.as_str())
         .bind(metadata_text(next.payload.metadata.as_ref()))
         .execute(&mut *tx)
         .await?;

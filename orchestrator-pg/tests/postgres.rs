@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use orchestrator_core::call::{CallId, CallStatus, NewCall};
 use orchestrator_core::store::{ClaimRequest, Settlement, StatusCounts};
-use orchestrator_core::{PhoneNumber, Store};
+use orchestrator_core::{IdempotencyKey, Metadata, PhoneNumber, ScriptId, Store};
 use orchestrator_pg::{testing, PgStore, LISTENER_APPLICATION_NAME, MIGRATOR};
 use sqlx::error::ErrorKind;
 
@@ -22,10 +22,11 @@ fn t(secs: i64) -> DateTime<Utc> {
 fn new_call(n: u32) -> NewCall {
     let mut new = NewCall::new(
         PhoneNumber::parse(&format!("+1415555{n:04}")).unwrap(),
-        "welcomeFlow",
+        ScriptId::parse("welcomeFlow").unwrap(),
     );
-    new.payload.metadata =
-        Some(serde_json::json!({ "customer": n, "big": 1e19, "nul": "a\u{0}b" }));
+    new.payload.metadata = Some(
+        Metadata::new(serde_json::json!({ "customer": n, "big": 1e19, "nul": "a\u{0}b" })).unwrap(),
+    );
     new
 }
 
@@ -221,7 +222,7 @@ async fn concurrent_creates_with_one_idempotency_key_store_one_call() {
         let store = Arc::clone(&stores[(i % 2) as usize]);
         tasks.spawn(async move {
             let mut new = new_call(i);
-            new.idempotency_key = Some("order-42".into());
+            new.idempotency_key = Some(IdempotencyKey::parse("order-42").unwrap());
             let now = t(i64::from(i));
             store.create(CallId::new_v7(now), &new, now).await.unwrap()
         });

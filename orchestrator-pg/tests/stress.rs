@@ -25,8 +25,8 @@ use orchestrator_core::call::{AttemptRef, Call, CallId, CallStatus, NewCall};
 use orchestrator_core::simulated::Faults;
 use orchestrator_core::store::{ClaimRequest, Settled, Settlement};
 use orchestrator_core::{
-    EngineConfig, Orchestrator, PhoneNumber, RetryPolicy, SimulatedProvider, SimulationConfig,
-    Store,
+    EngineConfig, Orchestrator, PhoneNumber, RetryPolicy, ScriptId, SimulatedProvider,
+    SimulationConfig, Store,
 };
 use orchestrator_pg::{testing, PgStore};
 use rand::{Rng, SeedableRng};
@@ -259,7 +259,11 @@ async fn concurrent_claimers_on_separate_stores_keep_the_cap_and_the_number_rule
             for (i, n) in chunk.into_iter().enumerate() {
                 let at = t((offset + i) as i64);
                 store
-                    .create(CallId::new_v7(at), &NewCall::new(number(n), "s"), at)
+                    .create(
+                        CallId::new_v7(at),
+                        &NewCall::new(number(n), ScriptId::parse("s").unwrap()),
+                        at,
+                    )
                     .await
                     .unwrap();
             }
@@ -465,7 +469,10 @@ async fn engines_sharing_one_database_keep_every_invariant() {
         creators.spawn(async move {
             for n in chunk {
                 engine
-                    .create_call(NewCall::new(number(n), "welcomeFlow"))
+                    .create_call(NewCall::new(
+                        number(n),
+                        ScriptId::parse("welcomeFlow").unwrap(),
+                    ))
                     .await
                     .expect("create");
             }

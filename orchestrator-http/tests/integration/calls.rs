@@ -83,6 +83,8 @@ async fn reusing_an_idempotency_key_for_another_payload_is_422() {
 #[tokio::test]
 async fn invalid_create_bodies_name_the_fields_at_fault() {
     let app = TestApp::new();
+    // Objects nested 33 deep; metadata may nest 32.
+    let too_deep = (0..32).fold(json!({}), |inner, _| json!({ "k": inner }));
     let cases: Vec<(Value, Vec<&str>)> = vec![
         (json!({"to": "966501234567", "scriptId": "s"}), vec!["to"]),
         (json!({"to": "+96650x234567", "scriptId": "s"}), vec!["to"]),
@@ -135,7 +137,13 @@ async fn invalid_create_bodies_name_the_fields_at_fault() {
         ),
         (
             json!({"to": "+966501234567", "scriptId": " ", "metadata": 1}),
-            vec!["metadata", "scriptId"],
+            vec!["scriptId", "metadata"],
+        ),
+        (json!({"to": "+999 1234 5678", "scriptId": "s"}), vec!["to"]),
+        (json!({"to": "+44 20 7183 87", "scriptId": "s"}), vec!["to"]),
+        (
+            json!({"to": "+966501234567", "scriptId": "s", "metadata": too_deep}),
+            vec!["metadata"],
         ),
     ];
     for (body, fields) in cases {
@@ -182,19 +190,48 @@ async fn schedules_are_stored_in_utc() {
 #[tokio::test]
 async fn a_bad_idempotency_key_names_the_header() {
     let app = TestApp::new();
+    let send = |key: &str, body: Value| {
+        request(Method::POST, "/calls")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let valid = json!({"to": "+966501234567", "scriptId": "s"});
+    // Too long (255 visible ASCII characters at most), and spaces or tabs inside.
+    for key in [
+        "k".repeat(256),
+        "order 42".to_owned(),
+        "order\t42".to_owned(),
+    ] {
+        let reply = app.send(send(&key, valid.clone())).await;
+        reply.problem(StatusCode::BAD_REQUEST);
+        assert_eq!(reply.fields(), ["Idempotency-Key"], "{key:?}");
+    }
+    // With a bad body too: every field at fault, the header first.
     let reply = app
-        .send(
-            request(Method::POST, "/calls")
-                .header(header::CONTENT_TYPE, "application/json")
-                .header("Idempotency-Key", "k".repeat(300))
-                .body(Body::from(
-                    json!({"to": "+966501234567", "scriptId": "s"}).to_string(),
-                ))
-                .unwrap(),
-        )
+        .send(send("a\tb", json!({"to": "+966501234567", "scriptId": ""})))
         .await;
-    reply.problem(StatusCode::BAD_REQUEST);
-    assert_eq!(reply.fields(), ["Idempotency-Key"]);
+    assert_eq!(reply.fields(), ["Idempotency-Key", "scriptId"]);
+    let longest = app.send(send(&"k".repeat(255), valid)).await;
+    assert_eq!(longest.status, StatusCode::CREATED, "{}", longest.text);
+    assert_eq!(app.get("/calls").await.body["total"], 1);
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_number_is_stored_as_one_canonical_number() {
+    let app = TestApp::new();
+    for spelling in ["+44 (0) 20 7183 8750", "+44-20-7183-8750", "+442071838750"] {
+        let reply = app
+            .post_json("/calls", &json!({"to": spelling, "scriptId": "s"}))
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        assert_eq!(reply.body["payload"]["to"], "+442071838750", "{spelling}");
+    }
+    // One number, so one call in flight at a time.
+    app.dispatch().await;
+    let in_progress = app.get("/calls?status=IN_PROGRESS").await;
+    assert_eq!(in_progress.body["total"], 1, "{}", in_progress.text);
 }
 
 #[tokio::test]

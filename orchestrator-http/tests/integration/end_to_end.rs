@@ -147,8 +147,8 @@ pub const NUMBERS: [&str; 8] = [
     "+966501234501", // the same number twice: dialled one after the other
     "+14155550100",
     "+14155550101",
-    "+447700900123",
-    "+447700900124",
+    "+447911123456",
+    "+447911123457",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
