@@ -53,8 +53,17 @@ pub use memory::MemoryStore;
 pub use phone::PhoneNumber;
 pub use provider::{
     DialError, DialRequest, Dialled, Provider, ReportedStatus, StatusReport, WebhookDelivery,
+    WebhookSink,
 };
-pub use retry::RetryPolicy;
-pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig};
-pub use store::{ListQuery, Page, StatusCounts, Store, StoreError};
+pub use retry::{RetryDecision, RetryPolicy, RetryPolicyError};
+pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig, StartedCall};
+pub use state::TransitionError;
+pub use store::{
+    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
+};
 pub use validate::Invalid;
+
+/// The attribute that implements [`Store`] and [`Provider`] need
+/// (`#[orchestrator_core::async_trait]`), re-exported so implementors need no
+/// dependency of their own.
+pub use async_trait::async_trait;

@@ -161,7 +161,7 @@ impl Store for MemoryStore {
         new: &NewCall,
         now: DateTime<Utc>,
     ) -> Result<Created, StoreError> {
-        {
+        let call = {
             let mut state = self.lock();
             if let Some(key) = &new.idempotency_key {
                 if let Some(first) = state.idempotency_keys.get(key) {
@@ -174,10 +174,13 @@ impl Store for MemoryStore {
                 state.idempotency_keys.insert(key.clone(), id);
             }
             let call = Call::new(id, new, clock::truncate_to_micros(now));
-            state.put(call);
-        }
+            state.put(call.clone());
+            call
+        };
+        // The copy taken under the lock: once the lock is released, a running
+        // dispatcher may claim the call, and the caller must still see it as
+        // it was created.
         self.bump();
-        let call = self.lock().get(id)?.clone();
         Ok(Created {
             call,
             created: true,

@@ -1,4 +1,4 @@
-//! Retry with exponential back-off and jitter (SPEC section 5, rule 5).
+//! Retry with exponential back-off and jitter.
 //!
 //! Attempt `n` (from 1) that fails is retried after
 //! `min(base · 2^(n-1), max)`, shortened by up to `jitter` of itself

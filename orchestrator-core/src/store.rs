@@ -1,10 +1,11 @@
 //! The `Store` trait: where calls live, and the atomic operations the engine needs.
 //!
-//! A store is the single source of truth for the invariants of SPEC section 5:
+//! A store is the single source of truth for the scheduling invariants:
 //! the global cap and the one-call-per-number rule are enforced by [`Store::claim`],
 //! not by engine memory, so several engines (processes) may share one store.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -98,8 +99,9 @@ impl Default for ListQuery {
     }
 }
 
-/// Calls per status. Serialises as `{"PENDING":n,"IN_PROGRESS":n,...}` with all five keys.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Calls per status. Serialises as `{"PENDING":n,"IN_PROGRESS":n,...}` with all five keys,
+/// and prints (`{:?}`) as `StatusCounts { PENDING: n, IN_PROGRESS: n, ... }`.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCounts {
     counts: [u64; 5],
 }
@@ -130,6 +132,16 @@ impl StatusCounts {
             CallStatus::Failed => 3,
             CallStatus::Expired => 4,
         }
+    }
+}
+
+impl fmt::Debug for StatusCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut counts = f.debug_struct("StatusCounts");
+        for status in CallStatus::ALL {
+            counts.field(status.as_str(), &self.get(status));
+        }
+        counts.finish()
     }
 }
 

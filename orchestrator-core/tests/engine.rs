@@ -208,10 +208,7 @@ fn quick_retry(max_attempts: u32) -> RetryPolicy {
 }
 
 fn config() -> EngineConfig {
-    EngineConfig {
-        retry: quick_retry(3),
-        ..EngineConfig::default()
-    }
+    EngineConfig::default().with_retry(quick_retry(3))
 }
 
 fn duration_between(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
@@ -282,10 +279,7 @@ async fn created_call_is_dialled_with_its_payload_attempt_one_and_idempotency_ke
 
 #[tokio::test(start_paused = true)]
 async fn cap_dials_at_most_cap_calls_oldest_first_until_slots_free() {
-    let h = Harness::accepting(EngineConfig {
-        max_concurrent_calls: 2,
-        ..config()
-    });
+    let h = Harness::accepting(config().with_max_concurrent_calls(2));
     let mut created = Vec::new();
     for n in 0..5 {
         created.push(h.create(call_to(&format!("+96650123450{n}"))).await.id);
@@ -418,10 +412,7 @@ async fn tick_returns_the_re_dial_time_scheduled_by_the_dials_it_made() {
 #[tokio::test(start_paused = true)]
 async fn provider_429_without_retry_after_waits_capacity_retry_after() {
     let h = Harness::failing(
-        EngineConfig {
-            capacity_retry_after: Duration::from_secs(3),
-            ..config()
-        },
+        config().with_capacity_retry_after(Duration::from_secs(3)),
         DialError::AtCapacity { retry_after: None },
     );
     let id = h.create(call_to("+966501234567")).await.id;
@@ -441,10 +432,7 @@ async fn provider_429_without_retry_after_waits_capacity_retry_after() {
 async fn retryable_error_backs_off_within_jitter_bounds_then_fails_after_max_attempts() {
     let policy = quick_retry(3);
     let h = Harness::failing(
-        EngineConfig {
-            retry: policy.clone(),
-            ..config()
-        },
+        config().with_retry(policy.clone()),
         DialError::Retryable {
             reason: "provider 503".into(),
         },
@@ -542,10 +530,7 @@ async fn not_before_is_respected_and_is_the_next_timer() {
 
 #[tokio::test(start_paused = true)]
 async fn call_expiring_while_the_cap_is_full_expires_on_the_next_tick_and_is_never_dialled() {
-    let h = Harness::accepting(EngineConfig {
-        max_concurrent_calls: 1,
-        ..config()
-    });
+    let h = Harness::accepting(config().with_max_concurrent_calls(1));
     let holder = h.create(call_to("+14155550100")).await.id;
     h.tick().await;
     assert_eq!(h.dialled(), [holder]);
@@ -579,10 +564,7 @@ async fn call_expiring_while_the_cap_is_full_expires_on_the_next_tick_and_is_nev
 #[tokio::test(start_paused = true)]
 async fn pending_ttl_sets_expires_at_at_create_from_now_or_not_before() {
     let ttl = chrono::TimeDelta::seconds(60);
-    let h = Harness::accepting(EngineConfig {
-        pending_ttl: Some(Duration::from_secs(60)),
-        ..config()
-    });
+    let h = Harness::accepting(config().with_pending_ttl(Some(Duration::from_secs(60))));
     let now = h.now();
 
     let plain = h.create(call_to("+966501234567")).await;
@@ -604,11 +586,11 @@ async fn pending_ttl_sets_expires_at_at_create_from_now_or_not_before() {
 #[tokio::test(start_paused = true)]
 async fn stale_lease_is_a_webhook_timeout_retry_then_failed() {
     let policy = quick_retry(2);
-    let h = Harness::accepting(EngineConfig {
-        retry: policy.clone(),
-        lease: Duration::from_secs(60),
-        ..config()
-    });
+    let h = Harness::accepting(
+        config()
+            .with_retry(policy.clone())
+            .with_lease(Duration::from_secs(60)),
+    );
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
     let lease_end = h.get(id).await.lease_expires_at.expect("a lease");
@@ -695,14 +677,11 @@ async fn failed_busy_and_no_answer_webhooks_fail_with_that_status_as_last_error(
 #[tokio::test(start_paused = true)]
 async fn redial_policy_redials_busy_with_back_off_as_the_next_attempt() {
     let policy = quick_retry(3);
-    let h = Harness::accepting(EngineConfig {
-        retry: policy.clone(),
-        redial: RedialPolicy {
-            busy: true,
-            no_answer: false,
-        },
-        ..config()
-    });
+    let h = Harness::accepting(
+        config()
+            .with_retry(policy.clone())
+            .with_redial(RedialPolicy::default().with_busy(true)),
+    );
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
 
@@ -738,14 +717,11 @@ async fn redial_policy_redials_busy_with_back_off_as_the_next_attempt() {
 /// call, so the rule applies there too, with the reported duration.
 #[tokio::test(start_paused = true)]
 async fn redial_policy_out_of_attempts_fails_with_the_webhooks_completed_at_and_duration() {
-    let h = Harness::accepting(EngineConfig {
-        retry: quick_retry(1),
-        redial: RedialPolicy {
-            busy: true,
-            no_answer: true,
-        },
-        ..config()
-    });
+    let h = Harness::accepting(
+        config()
+            .with_retry(quick_retry(1))
+            .with_redial(RedialPolicy::default().with_busy(true).with_no_answer(true)),
+    );
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
 
@@ -783,10 +759,7 @@ async fn repeated_webhook_is_unchanged_and_changes_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn older_attempts_webhook_never_settles_the_newer_attempt() {
-    let h = Harness::accepting(EngineConfig {
-        lease: Duration::from_secs(60),
-        ..config()
-    });
+    let h = Harness::accepting(config().with_lease(Duration::from_secs(60)));
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
     // Attempt 1 never calls back in time: its lease runs out and it is re-dialled.
@@ -1020,10 +993,7 @@ async fn list_refuses_page_zero_and_page_sizes_outside_1_to_100() {
 
 #[test]
 fn engine_config_with_zero_cap_is_refused() {
-    let config = EngineConfig {
-        max_concurrent_calls: 0,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig::default().with_max_concurrent_calls(0);
     let error = config.validate().unwrap_err();
     assert_eq!(
         error,
@@ -1044,15 +1014,9 @@ fn engine_config_with_zero_cap_is_refused() {
 async fn started_engine_with_the_simulated_provider_completes_a_call() {
     // Only COMPLETED outcomes, so the test states one behaviour whatever the
     // seed draws; everything else is the simulator's default.
-    let provider = SimulatedProvider::new(SimulationConfig {
-        outcomes: OutcomeMix {
-            completed: 1,
-            failed: 0,
-            busy: 0,
-            no_answer: 0,
-        },
-        ..SimulationConfig::default()
-    });
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default().with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
+    );
     let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
         .clock(Arc::new(TokioClock::starting_at(origin())))
         .seed(1)
