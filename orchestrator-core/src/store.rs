@@ -332,3 +332,40 @@ pub trait Store: Send + Sync + 'static {
     /// free a slot (see the contract). Engines wait on it instead of polling.
     fn subscribe(&self) -> watch::Receiver<u64>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(values: [u64; 5]) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for (status, value) in CallStatus::ALL.into_iter().zip(values) {
+            counts.set(status, value);
+        }
+        counts
+    }
+
+    #[test]
+    fn status_counts_keep_one_count_per_status_and_sum_them() {
+        let counts = counts([1, 2, 3, 4, 5]);
+        let read: Vec<u64> = CallStatus::ALL.map(|status| counts.get(status)).to_vec();
+        assert_eq!(read, [1, 2, 3, 4, 5]);
+        assert_eq!(counts.total(), 15);
+        assert_eq!(StatusCounts::default().total(), 0);
+    }
+
+    #[test]
+    fn status_counts_print_and_serialise_with_every_status_by_name() {
+        let counts = counts([1, 0, 7, 2, 0]);
+        assert_eq!(
+            format!("{counts:?}"),
+            "StatusCounts { PENDING: 1, IN_PROGRESS: 0, COMPLETED: 7, FAILED: 2, EXPIRED: 0 }"
+        );
+        assert_eq!(
+            serde_json::to_value(counts).unwrap(),
+            serde_json::json!({
+                "PENDING": 1, "IN_PROGRESS": 0, "COMPLETED": 7, "FAILED": 2, "EXPIRED": 0
+            })
+        );
+    }
+}

@@ -8,23 +8,21 @@
 //! The last test runs the real dispatcher ([`Orchestrator::start`]) with the
 //! [`SimulatedProvider`] end to end, still on virtual time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use mockall::{mock, Sequence};
-use orchestrator_core::config::ConfigError;
-use orchestrator_core::simulated::OutcomeMix;
-use orchestrator_core::store::{ClaimRequest, ListQuery};
-use orchestrator_core::validate::Invalid;
 use orchestrator_core::{
-    AttemptRef, Call, CallId, CallStatus, Clock, DialError, DialRequest, Dialled, EngineConfig,
-    EngineError, MemoryStore, NewCall, Orchestrator, PhoneNumber, Provider, RedialPolicy,
-    ReportedStatus, RetryPolicy, SimulatedProvider, SimulationConfig, StatusReport, Store,
-    TokioClock, WebhookDelivery, WebhookOutcome,
+    async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError, Created,
+    DialError, DialRequest, Dialled, EngineConfig, EngineError, Invalid, ListQuery, MemoryStore,
+    NewCall, Orchestrator, OutcomeMix, Page, PayloadPatch, PhoneNumber, Provider, RedialPolicy,
+    ReportedStatus, RetryPolicy, Settled, Settlement, SimulatedProvider, SimulationConfig,
+    StatusCounts, StatusReport, Store, StoreError, TokioClock, WebhookDelivery, WebhookOutcome,
 };
 use serde_json::json;
+use tokio::sync::watch;
 
 mock! {
     /// A provider whose answers each test scripts.
@@ -988,7 +986,11 @@ async fn list_refuses_page_zero_and_page_sizes_outside_1_to_100() {
         page_size: ListQuery::MAX_PAGE_SIZE,
         ..ListQuery::default()
     };
-    assert!(h.engine.list_calls(&largest).await.is_ok());
+    let page = h.engine.list_calls(&largest).await.expect("a valid query");
+    assert_eq!(
+        (page.page, page.page_size, page.total),
+        (1, ListQuery::MAX_PAGE_SIZE, 0)
+    );
 }
 
 #[test]
@@ -1006,6 +1008,348 @@ fn engine_config_with_zero_cap_is_refused() {
         .config(config)
         .build();
     assert_eq!(built.err().map(|e| e.field), Some("max_concurrent_calls"));
+}
+
+// ------------------------------------------------------------- the API
+
+#[test]
+fn webhook_outcomes_name_themselves_and_the_call() {
+    let new = call_to("+966501234567");
+    let call = Call::new(CallId::new_v7(origin()), &new, origin());
+    let outcomes = [
+        (WebhookOutcome::Applied(call.clone()), "applied"),
+        (WebhookOutcome::Unchanged(call.clone()), "unchanged"),
+        (WebhookOutcome::Ignored(call.clone()), "ignored"),
+    ];
+    for (outcome, label) in outcomes {
+        assert_eq!(outcome.label(), label);
+        assert_eq!(outcome.call(), &call);
+    }
+}
+
+#[test]
+fn the_engine_shows_its_configuration() {
+    let config = config().with_max_concurrent_calls(7);
+    let builder = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(MockDialer::new()))
+        .config(config.clone())
+        .seed(5);
+    let printed = format!("{builder:?}");
+    assert!(
+        printed
+            .starts_with("OrchestratorBuilder { config: EngineConfig { max_concurrent_calls: 7,"),
+        "{printed}"
+    );
+    assert!(printed.contains("seed: Some(5)"), "{printed}");
+
+    let engine = builder.build().expect("valid configuration");
+    assert_eq!(engine.config(), &config);
+    let printed = format!("{engine:?}");
+    assert!(
+        printed.starts_with("Orchestrator { config: EngineConfig { max_concurrent_calls: 7,"),
+        "{printed}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_round_claims_batch_after_batch_until_the_cap_is_full() {
+    let h = Harness::accepting(config().with_claim_batch(2).with_max_concurrent_calls(5));
+    let mut created = Vec::new();
+    for n in 0..6 {
+        created.push(h.create(call_to(&format!("+96650123450{n}"))).await.id);
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    h.tick().await;
+    assert_eq!(h.dialled(), created[..5]);
+}
+
+// ---------------------------------------------------------- store outage
+
+/// A [`MemoryStore`] that can be taken down: while down, every operation
+/// fails with [`StoreError::Unavailable`], as a database that cannot be
+/// reached does. Implemented with the crate's re-exported `async_trait`.
+struct OutageStore {
+    inner: MemoryStore,
+    down: AtomicBool,
+}
+
+impl OutageStore {
+    fn new() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for OutageStore {
+    async fn create(
+        &self,
+        id: CallId,
+        new: &NewCall,
+        now: DateTime<Utc>,
+    ) -> Result<Created, StoreError> {
+        self.up()?;
+        self.inner.create(id, new, now).await
+    }
+
+    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
+        self.up()?;
+        self.inner.get(id).await
+    }
+
+    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
+        self.up()?;
+        self.inner.update_payload(id, patch).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.up()?;
+        self.inner.list(query).await
+    }
+
+    async fn counts(&self) -> Result<StatusCounts, StoreError> {
+        self.up()?;
+        self.inner.counts().await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
+        self.up()?;
+        self.inner.claim(request).await
+    }
+
+    async fn record_dial(
+        &self,
+        attempt: AttemptRef,
+        provider_call_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.up()?;
+        self.inner.record_dial(attempt, provider_call_id).await
+    }
+
+    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
+        self.up()?;
+        self.inner.find_attempt(provider_call_id).await
+    }
+
+    async fn settle(
+        &self,
+        attempt: AttemptRef,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        self.up()?;
+        self.inner.settle(attempt, settlement).await
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
+        self.up()?;
+        self.inner.expire_due(now).await
+    }
+
+    async fn stale_attempts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptRef>, StoreError> {
+        self.up()?;
+        self.inner.stale_attempts(now, limit).await
+    }
+
+    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.up()?;
+        self.inner.next_timer(now).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.up()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.subscribe()
+    }
+}
+
+fn unavailable<T: std::fmt::Debug>(result: Result<T, EngineError>) -> bool {
+    matches!(result, Err(EngineError::Store(StoreError::Unavailable(_))))
+}
+
+/// An engine over an [`OutageStore`] whose provider accepts every dial.
+fn over_outage_store(config: EngineConfig) -> (Orchestrator, Arc<OutageStore>, Dials) {
+    let store = Arc::new(OutageStore::new());
+    let dials = Dials::default();
+    let mut dialer = MockDialer::new();
+    let log = Arc::clone(&dials);
+    dialer
+        .expect_start_call()
+        .returning(move |request| accept(&log, request));
+    let engine = Orchestrator::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
+        .config(config)
+        .clock(Arc::new(TokioClock::starting_at(origin())))
+        .seed(9)
+        .build()
+        .expect("valid configuration");
+    (engine, store, dials)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_fails_each_operation_as_a_store_error_until_it_ends() {
+    let (engine, store, dials) = over_outage_store(config());
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+
+    store.set_down(true);
+    assert!(unavailable(engine.ready().await));
+    assert!(unavailable(
+        engine.create_call(call_to("+966501234568")).await
+    ));
+    assert!(unavailable(engine.get_call(id).await));
+    assert!(unavailable(engine.counts().await));
+    assert!(unavailable(engine.tick().await));
+    assert!(dials.lock().unwrap().is_empty());
+
+    store.set_down(false);
+    engine.ready().await.expect("the store is back");
+    engine.tick().await.expect("a round");
+    assert_eq!(dials.lock().unwrap().len(), 1);
+    assert_eq!(
+        engine.get_call(id).await.unwrap().status,
+        CallStatus::InProgress
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_dispatcher_retries_after_a_store_outage_without_a_signal() {
+    let poll = Duration::from_secs(2);
+    let (engine, store, dials) = over_outage_store(config().with_fallback_poll(poll));
+    engine.create_call(call_to("+966501234567")).await.unwrap();
+    store.set_down(true);
+    let running = engine.start();
+    settle_tasks().await;
+
+    // The outage ends without any change the store would signal: only the
+    // fallback poll brings the dispatcher back.
+    store.set_down(false);
+    tokio::time::advance(poll - Duration::from_millis(1)).await;
+    settle_tasks().await;
+    assert!(dials.lock().unwrap().is_empty(), "dialled before the poll");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    settle_tasks().await;
+    assert_eq!(dials.lock().unwrap().len(), 1);
+    running.shutdown().await;
+}
+
+// ------------------------------------------------------------- lifecycle
+
+/// Lets every task that can run at this virtual instant run.
+async fn settle_tasks() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A started engine over a simulated provider that takes exactly 1 s to
+/// answer a dial and whose calls last 100 s, so a dial is in flight for a
+/// known second.
+fn slow_dialling_engine() -> (Orchestrator, SimulatedProvider) {
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default()
+            .with_dial_latency(Duration::from_secs(1)..=Duration::from_secs(1))
+            .with_call_duration(Duration::from_secs(100)..=Duration::from_secs(100))
+            .with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
+    );
+    let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
+        .config(config())
+        .clock(Arc::new(TokioClock::starting_at(origin())))
+        .seed(2)
+        .build()
+        .expect("valid configuration");
+    (engine, provider)
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_records_the_dials_in_flight_then_dials_nothing_more() {
+    let (engine, provider) = slow_dialling_engine();
+    let running = engine.start();
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    settle_tasks().await;
+    assert_eq!(provider.requests(), 1, "the dial is in flight");
+
+    running.shutdown().await;
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+    assert_eq!(
+        call.provider_call_id.as_deref(),
+        Some(provider.started_calls()[0].provider_call_id.as_str()),
+        "the answer that arrived during the drain was recorded"
+    );
+
+    let later = engine
+        .create_call(call_to("+966501234568"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    settle_tasks().await;
+    assert_eq!(
+        engine.get_call(later).await.unwrap().status,
+        CallStatus::Pending
+    );
+    assert_eq!(provider.requests(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_drops_the_dials_in_flight_and_dials_nothing_more() {
+    let (engine, provider) = slow_dialling_engine();
+    let running = engine.start();
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    settle_tasks().await;
+    assert_eq!(provider.requests(), 1, "the dial is in flight");
+
+    running.abort();
+    let later = engine
+        .create_call(call_to("+966501234568"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    settle_tasks().await;
+    // As after a crash: the attempt stays in progress until its lease runs out.
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+    assert_eq!(call.provider_call_id, None);
+    assert!(provider.started_calls().is_empty());
+    assert_eq!(
+        engine.get_call(later).await.unwrap().status,
+        CallStatus::Pending
+    );
+    assert_eq!(provider.requests(), 1);
 }
 
 // ------------------------------------------------------------ end to end
