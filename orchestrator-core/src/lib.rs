@@ -11,23 +11,31 @@
 //! - [`provider`]: the [`Provider`] trait; [`simulated`]: a seeded simulated provider.
 //! - [`engine`]: the [`Orchestrator`].
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Runtime::new()?.block_on(async {
 //! use std::sync::Arc;
-//! use orchestrator_core::{MemoryStore, NewCall, Orchestrator, PhoneNumber, SimulatedProvider};
+//! use orchestrator_core::{
+//!     CallStatus, EngineConfig, MemoryStore, NewCall, Orchestrator, PhoneNumber,
+//!     SimulatedProvider, SimulationConfig,
+//! };
 //!
 //! let engine = Orchestrator::builder(
 //!     Arc::new(MemoryStore::new()),
-//!     Arc::new(SimulatedProvider::new(Default::default())),
+//!     Arc::new(SimulatedProvider::new(SimulationConfig::default())),
 //! )
+//! .config(EngineConfig::default().with_max_concurrent_calls(10))
 //! .build()?;
 //! let running = engine.start();
 //! let created = engine
 //!     .create_call(NewCall::new(PhoneNumber::parse("+966501234567")?, "welcomeFlow"))
 //!     .await?;
-//! println!("{}", created.call.id);
+//! // The call as it was created, even if the dispatcher has dialled it since.
+//! assert_eq!(created.call.status, CallStatus::Pending);
 //! running.shutdown().await;
-//! # Ok(()) }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
+//! # }
 //! ```
 
 pub mod call;

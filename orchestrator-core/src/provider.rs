@@ -151,6 +151,9 @@ impl WebhookSink {
 /// `start_call` starts the attempt at most once per idempotency key, and
 /// classifies failures as [`DialError`] says. It must return in bounded time
 /// (implementations carry their own timeout).
+///
+/// Implement it under `#[orchestrator_core::async_trait]` (re-exported, so no
+/// dependency of your own is needed).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Starts one attempt of a call.

@@ -246,6 +246,10 @@ pub enum Settled {
 /// - After `create` and after any `settle` that was applied, the store bumps
 ///   the counter returned by [`subscribe`](Store::subscribe), in this process
 ///   and (for shared backends) in every process sharing the store.
+///
+/// Implement it under `#[orchestrator_core::async_trait]` (re-exported, so no
+/// dependency of your own is needed), and run the conformance suite
+/// (`store_conformance_tests!`, feature `conformance`) against your store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new `PENDING` call with `attempts = 0` and id `id`, or, when

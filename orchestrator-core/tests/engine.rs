@@ -8,7 +8,8 @@
 //! The last test runs the real dispatcher ([`Orchestrator::start`]) with the
 //! [`SimulatedProvider`] end to end, still on virtual time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1350,6 +1351,129 @@ async fn abort_drops_the_dials_in_flight_and_dials_nothing_more() {
         CallStatus::Pending
     );
     assert_eq!(provider.requests(), 1);
+}
+
+// --------------------------------------------------------------- metrics
+
+/// A `metrics` recorder that keeps every counter, keyed by name and labels.
+#[derive(Default)]
+struct CountingRecorder {
+    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+impl CountingRecorder {
+    fn key(name: &str, labels: &[(&str, &str)]) -> String {
+        format!("{name}{labels:?}")
+    }
+
+    /// The counter's value; 0 when it was never registered.
+    fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let counters = self.counters.lock().unwrap();
+        counters
+            .get(&Self::key(name, labels))
+            .map_or(0, |counter| counter.load(Ordering::SeqCst))
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<(&str, &str)> = key
+            .labels()
+            .map(|label| (label.key(), label.value()))
+            .collect();
+        let mut counters = self.counters.lock().unwrap();
+        let counter = counters.entry(Self::key(key.name(), &labels)).or_default();
+        metrics::Counter::from_arc(Arc::clone(counter))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Operators watch the engine through its counters: calls created and
+/// expired, dials by outcome, leases run out, retries, webhooks by outcome.
+#[test]
+fn the_engine_counts_what_it_does() {
+    let recorder = CountingRecorder::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let h = Harness::accepting(
+                config()
+                    .with_max_concurrent_calls(1)
+                    .with_lease(Duration::from_secs(60)),
+            );
+            let holder = h.create(call_to("+14155550100")).await.id;
+            h.tick().await;
+            let mut waiting = call_to("+966501234567");
+            waiting.expires_at = Some(h.now() + chrono::TimeDelta::seconds(5));
+            h.create(waiting).await;
+            tokio::time::advance(Duration::from_secs(5)).await;
+            h.tick().await;
+            h.advance_to(t(60)).await;
+            h.tick().await;
+            assert_eq!(
+                h.get(holder).await.last_error.as_deref(),
+                Some("webhook timeout")
+            );
+            let unknown = h
+                .engine
+                .handle_webhook(webhook("p-nobody", ReportedStatus::Completed, None))
+                .await;
+            assert!(
+                matches!(unknown, Err(EngineError::NotFound(_))),
+                "{unknown:?}"
+            );
+        });
+    });
+    let count = |name: &str, labels: &[(&str, &str)]| recorder.count(name, labels);
+    assert_eq!(count("orchestrator_calls_created_total", &[]), 2);
+    assert_eq!(
+        count("orchestrator_dials_total", &[("outcome", "accepted")]),
+        1
+    );
+    assert_eq!(count("orchestrator_calls_expired_total", &[]), 1);
+    assert_eq!(count("orchestrator_stale_leases_total", &[]), 1);
+    assert_eq!(count("orchestrator_retries_total", &[]), 1);
+    assert_eq!(
+        count("orchestrator_webhooks_total", &[("outcome", "unknown")]),
+        1
+    );
 }
 
 // ------------------------------------------------------------ end to end
