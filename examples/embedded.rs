@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use orchestrator_core::simulated::Faults;
-use orchestrator_core::store::StatusCounts;
 use orchestrator_core::{
-    CallStatus, EngineConfig, MemoryStore, Metadata, NewCall, Orchestrator, PhoneNumber,
-    RedialPolicy, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig,
+    CallStatus, EngineConfig, Faults, MemoryStore, Metadata, NewCall, Orchestrator, PhoneNumber,
+    RedialPolicy, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, StatusCounts,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,42 +29,36 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(45);
 #[tokio::main]
 async fn main() -> Result<()> {
     // Production timings are minutes; these are shrunk so the demo is quick.
-    let config = EngineConfig {
-        max_concurrent_calls: 30,
-        retry: RetryPolicy::new(
+    let config = EngineConfig::default()
+        .with_max_concurrent_calls(30)
+        .with_retry(RetryPolicy::new(
             Duration::from_millis(200),
             Duration::from_secs(2),
             RetryPolicy::DEFAULT_MAX_ATTEMPTS,
             RetryPolicy::DEFAULT_JITTER,
-        )?,
+        )?)
         // Lost webhooks are among the faults: a short lease turns each into a
         // "webhook timeout" retry within seconds instead of 15 minutes.
-        lease: Duration::from_secs(3),
-        capacity_retry_after: Duration::from_millis(300),
-        redial: RedialPolicy {
-            busy: true,
-            no_answer: false,
-        },
-        shutdown_grace: Duration::from_secs(2),
-        ..EngineConfig::default()
-    };
-    let provider = SimulatedProvider::new(SimulationConfig {
-        seed: 42,
-        dial_latency: Duration::from_millis(10)..=Duration::from_millis(50),
-        call_duration: Duration::from_millis(100)..=Duration::from_millis(600),
-        faults: Faults {
-            server_error: 0.05,
-            at_capacity: 0.05,
-            retry_after: Some(Duration::from_millis(250)),
-            permanent_error: 0.01,
-            timeout: 0.02,
-            timeout_after: Duration::from_millis(500),
-            lost_webhook: 0.03,
-            duplicate_webhook: 0.05,
-            early_webhook: 0.05,
-        },
-        ..SimulationConfig::default()
-    });
+        .with_lease(Duration::from_secs(3))
+        .with_capacity_retry_after(Duration::from_millis(300))
+        .with_redial(RedialPolicy::default().with_busy(true))
+        .with_shutdown_grace(Duration::from_secs(2));
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default()
+            .with_seed(42)
+            .with_dial_latency(Duration::from_millis(10)..=Duration::from_millis(50))
+            .with_call_duration(Duration::from_millis(100)..=Duration::from_millis(600))
+            .with_faults(
+                Faults::default()
+                    .with_server_error(0.05)
+                    .with_at_capacity(0.05, Some(Duration::from_millis(250)))
+                    .with_permanent_error(0.01)
+                    .with_timeout(0.02, Duration::from_millis(500))
+                    .with_lost_webhook(0.03)
+                    .with_duplicate_webhook(0.05)
+                    .with_early_webhook(0.05),
+            ),
+    );
     let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
         .config(config)
         .seed(42)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::{
     CallStatus, EngineConfig, MemoryStore, NewCall, Orchestrator, OutcomeMix, PhoneNumber,
-    RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store,
+    ReportedStatus, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store,
 };
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -27,32 +27,27 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000);
     let store = Arc::new(MemoryStore::new());
-    let provider = SimulatedProvider::new(SimulationConfig {
-        seed: 1,
-        dial_latency: Duration::from_micros(100)..=Duration::from_micros(500),
-        call_duration: Duration::from_millis(1)..=Duration::from_millis(5),
-        outcomes: OutcomeMix {
-            completed: 1,
-            failed: 0,
-            busy: 0,
-            no_answer: 0,
-        },
-        ..SimulationConfig::default()
-    });
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default()
+            .with_seed(1)
+            .with_dial_latency(Duration::from_micros(100)..=Duration::from_micros(500))
+            .with_call_duration(Duration::from_millis(1)..=Duration::from_millis(5))
+            .with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
+    );
     let engine = Orchestrator::builder(
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::new(provider.clone()),
     )
-    .config(EngineConfig {
-        max_concurrent_calls: 30,
-        retry: RetryPolicy::new(
-            Duration::from_millis(10),
-            Duration::from_millis(100),
-            3,
-            0.2,
-        )?,
-        ..EngineConfig::default()
-    })
+    .config(
+        EngineConfig::default()
+            .with_max_concurrent_calls(30)
+            .with_retry(RetryPolicy::new(
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+                3,
+                0.2,
+            )?),
+    )
     .build()?;
     let running = engine.start();
 

@@ -1,4 +1,10 @@
-//! The engine's configuration: the dispatch rules of SPEC section 5 as numbers.
+//! The engine's configuration: the dispatch rules (cap, back-off, lease, TTL)
+//! as numbers.
+//!
+//! Both structs are `#[non_exhaustive]`, so fields can be added without
+//! breaking embedders: start from `Default` and change what you need with the
+//! `with_*` methods. Fields stay public for reading. Values are checked when
+//! the engine is built ([`EngineConfig::validate`]), not when set.
 
 use std::time::Duration;
 
@@ -6,8 +12,17 @@ use crate::provider::ReportedStatus;
 use crate::retry::RetryPolicy;
 
 /// Which webhook outcomes are re-dialled with back-off instead of failing the
-/// call at once. By default neither is (SPEC section 4).
+/// call at once. By default neither is: `BUSY` and `NO_ANSWER` fail the call.
+///
+/// ```
+/// use orchestrator_core::{RedialPolicy, ReportedStatus};
+///
+/// let policy = RedialPolicy::default().with_busy(true);
+/// assert!(policy.redials(ReportedStatus::Busy));
+/// assert!(!policy.redials(ReportedStatus::NoAnswer));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RedialPolicy {
     /// Re-dial when the provider reports `BUSY`.
     pub busy: bool,
@@ -16,6 +31,20 @@ pub struct RedialPolicy {
 }
 
 impl RedialPolicy {
+    /// This policy, re-dialling `BUSY` or not.
+    #[must_use]
+    pub fn with_busy(mut self, redial: bool) -> Self {
+        self.busy = redial;
+        self
+    }
+
+    /// This policy, re-dialling `NO_ANSWER` or not.
+    #[must_use]
+    pub fn with_no_answer(mut self, redial: bool) -> Self {
+        self.no_answer = redial;
+        self
+    }
+
     /// Whether `status` is re-dialled.
     #[must_use]
     pub fn redials(&self, status: ReportedStatus) -> bool {
@@ -28,7 +57,20 @@ impl RedialPolicy {
 }
 
 /// Everything the engine needs to know; see [`EngineConfig::validate`].
+///
+/// ```
+/// use std::time::Duration;
+/// use orchestrator_core::{EngineConfig, RedialPolicy};
+///
+/// let config = EngineConfig::default()
+///     .with_max_concurrent_calls(10)
+///     .with_lease(Duration::from_secs(300))
+///     .with_redial(RedialPolicy::default().with_busy(true));
+/// assert_eq!(config.max_concurrent_calls, 10);
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// The global cap on `IN_PROGRESS` calls across every engine sharing the
     /// store (`MAX_CONCURRENT_CALLS`, default 30).
@@ -84,6 +126,77 @@ pub struct ConfigError {
 }
 
 impl EngineConfig {
+    /// This configuration with the global cap on `IN_PROGRESS` calls (at least 1).
+    #[must_use]
+    pub fn with_max_concurrent_calls(mut self, cap: u32) -> Self {
+        self.max_concurrent_calls = cap;
+        self
+    }
+
+    /// This configuration with the back-off and attempt limit.
+    #[must_use]
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// This configuration with an attempt's lease (positive).
+    #[must_use]
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// This configuration with the default deadline of new calls (positive),
+    /// or none.
+    #[must_use]
+    pub fn with_pending_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.pending_ttl = ttl;
+        self
+    }
+
+    /// This configuration with the wait after a 429 that carried no `Retry-After`.
+    #[must_use]
+    pub fn with_capacity_retry_after(mut self, wait: Duration) -> Self {
+        self.capacity_retry_after = wait;
+        self
+    }
+
+    /// This configuration with the webhook outcomes to re-dial.
+    #[must_use]
+    pub fn with_redial(mut self, redial: RedialPolicy) -> Self {
+        self.redial = redial;
+        self
+    }
+
+    /// This configuration with the longest sleep between rounds (positive).
+    #[must_use]
+    pub fn with_fallback_poll(mut self, poll: Duration) -> Self {
+        self.fallback_poll = poll;
+        self
+    }
+
+    /// This configuration with the most calls claimed per round trip (at least 1).
+    #[must_use]
+    pub fn with_claim_batch(mut self, batch: u32) -> Self {
+        self.claim_batch = batch;
+        self
+    }
+
+    /// This configuration with the capacity of the in-process webhook queue (at least 1).
+    #[must_use]
+    pub fn with_webhook_queue(mut self, capacity: usize) -> Self {
+        self.webhook_queue = capacity;
+        self
+    }
+
+    /// This configuration with how long a graceful shutdown waits for dials in flight.
+    #[must_use]
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Checks every bound.
     ///
     /// # Errors
@@ -117,5 +230,157 @@ impl EngineConfig {
             Some((_, field, problem)) => Err(ConfigError { field, problem }),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL_REPORTED: [ReportedStatus; 4] = [
+        ReportedStatus::Completed,
+        ReportedStatus::Failed,
+        ReportedStatus::Busy,
+        ReportedStatus::NoAnswer,
+    ];
+
+    fn refused(config: &EngineConfig) -> &'static str {
+        config.validate().expect_err("out of range").field
+    }
+
+    #[test]
+    fn the_default_redial_policy_redials_nothing() {
+        let policy = RedialPolicy::default();
+        for status in ALL_REPORTED {
+            assert!(!policy.redials(status), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_redial_policy_redials_exactly_the_statuses_it_names() {
+        let cases = [
+            (
+                RedialPolicy::default().with_busy(true),
+                [false, false, true, false],
+            ),
+            (
+                RedialPolicy::default().with_no_answer(true),
+                [false, false, false, true],
+            ),
+            (
+                RedialPolicy::default().with_busy(true).with_no_answer(true),
+                [false, false, true, true],
+            ),
+            (
+                RedialPolicy::default()
+                    .with_busy(true)
+                    .with_no_answer(true)
+                    .with_busy(false)
+                    .with_no_answer(false),
+                [false; 4],
+            ),
+        ];
+        for (policy, expected) in cases {
+            let redialled = ALL_REPORTED.map(|status| policy.redials(status));
+            assert_eq!(redialled, expected, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_values_and_valid() {
+        let config = EngineConfig::default();
+        assert_eq!(config.max_concurrent_calls, 30);
+        assert_eq!(config.retry, RetryPolicy::default());
+        assert_eq!(config.lease, Duration::from_secs(900));
+        assert_eq!(config.pending_ttl, None);
+        assert_eq!(config.capacity_retry_after, Duration::from_secs(5));
+        assert_eq!(config.redial, RedialPolicy::default());
+        assert_eq!(config.fallback_poll, Duration::from_secs(2));
+        assert_eq!(config.claim_batch, 30);
+        assert_eq!(config.webhook_queue, 1024);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn with_methods_set_their_field_and_only_it() {
+        let retry = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(2), 5, 0.0)
+            .expect("valid policy");
+        let redial = RedialPolicy::default().with_busy(true);
+        let config = EngineConfig::default()
+            .with_max_concurrent_calls(7)
+            .with_retry(retry.clone())
+            .with_lease(Duration::from_secs(61))
+            .with_pending_ttl(Some(Duration::from_secs(62)))
+            .with_capacity_retry_after(Duration::from_secs(63))
+            .with_redial(redial)
+            .with_fallback_poll(Duration::from_secs(64))
+            .with_claim_batch(8)
+            .with_webhook_queue(9)
+            .with_shutdown_grace(Duration::from_secs(65));
+        let expected = EngineConfig {
+            max_concurrent_calls: 7,
+            retry,
+            lease: Duration::from_secs(61),
+            pending_ttl: Some(Duration::from_secs(62)),
+            capacity_retry_after: Duration::from_secs(63),
+            redial,
+            fallback_poll: Duration::from_secs(64),
+            claim_batch: 8,
+            webhook_queue: 9,
+            shutdown_grace: Duration::from_secs(65),
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn each_bound_is_checked_and_named() {
+        let base = EngineConfig::default;
+        let cases = [
+            (base().with_max_concurrent_calls(0), "max_concurrent_calls"),
+            (base().with_lease(Duration::ZERO), "lease"),
+            (base().with_pending_ttl(Some(Duration::ZERO)), "pending_ttl"),
+            (base().with_fallback_poll(Duration::ZERO), "fallback_poll"),
+            (base().with_claim_batch(0), "claim_batch"),
+            (base().with_webhook_queue(0), "webhook_queue"),
+        ];
+        for (config, field) in cases {
+            assert_eq!(refused(&config), field);
+        }
+        let error = base().with_lease(Duration::ZERO).validate().unwrap_err();
+        assert_eq!(
+            error,
+            ConfigError {
+                field: "lease",
+                problem: "must be positive"
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "invalid engine configuration: lease must be positive"
+        );
+    }
+
+    #[test]
+    fn the_smallest_values_in_range_are_valid() {
+        let tiny = Duration::from_nanos(1);
+        let config = EngineConfig::default()
+            .with_max_concurrent_calls(1)
+            .with_lease(tiny)
+            .with_pending_ttl(Some(tiny))
+            .with_capacity_retry_after(Duration::ZERO)
+            .with_fallback_poll(tiny)
+            .with_claim_batch(1)
+            .with_webhook_queue(1)
+            .with_shutdown_grace(Duration::ZERO);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_first_field_out_of_range_is_named() {
+        let config = EngineConfig::default()
+            .with_webhook_queue(0)
+            .with_max_concurrent_calls(0);
+        assert_eq!(refused(&config), "max_concurrent_calls");
     }
 }

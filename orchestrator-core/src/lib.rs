@@ -14,17 +14,20 @@
 //! - [`provider`]: the [`Provider`] trait; [`simulated`]: a seeded simulated provider.
 //! - [`engine`]: the [`Orchestrator`].
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # tokio::runtime::Runtime::new()?.block_on(async {
 //! use std::sync::Arc;
 //! use orchestrator_core::{
-//!     MemoryStore, NewCall, Orchestrator, PhoneNumber, ScriptId, SimulatedProvider,
+//!     CallStatus, EngineConfig, MemoryStore, NewCall, Orchestrator, PhoneNumber, ScriptId,
+//!     SimulatedProvider, SimulationConfig,
 //! };
 //!
 //! let engine = Orchestrator::builder(
 //!     Arc::new(MemoryStore::new()),
-//!     Arc::new(SimulatedProvider::new(Default::default())),
+//!     Arc::new(SimulatedProvider::new(SimulationConfig::default())),
 //! )
+//! .config(EngineConfig::default().with_max_concurrent_calls(10))
 //! .build()?;
 //! let running = engine.start();
 //! let created = engine
@@ -33,9 +36,12 @@
 //!         ScriptId::parse("welcomeFlow")?,
 //!     ))
 //!     .await?;
-//! println!("{}", created.call.id);
+//! // The call as it was created, even if the dispatcher has dialled it since.
+//! assert_eq!(created.call.status, CallStatus::Pending);
 //! running.shutdown().await;
-//! # Ok(()) }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })
+//! # }
 //! ```
 
 pub mod call;
@@ -63,8 +69,17 @@ pub use memory::MemoryStore;
 pub use phone::PhoneNumber;
 pub use provider::{
     DialError, DialRequest, Dialled, Provider, ReportedStatus, StatusReport, WebhookDelivery,
+    WebhookSink,
 };
-pub use retry::RetryPolicy;
-pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig};
-pub use store::{ListQuery, Page, StatusCounts, Store, StoreError};
+pub use retry::{RetryDecision, RetryPolicy, RetryPolicyError};
+pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig, StartedCall};
+pub use state::TransitionError;
+pub use store::{
+    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
+};
 pub use validate::Invalid;
+
+/// The attribute that implements [`Store`] and [`Provider`] need
+/// (`#[orchestrator_core::async_trait]`), re-exported so implementors need no
+/// dependency of their own.
+pub use async_trait::async_trait;

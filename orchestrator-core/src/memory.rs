@@ -162,7 +162,7 @@ impl Store for MemoryStore {
         new: &NewCall,
         now: DateTime<Utc>,
     ) -> Result<Created, StoreError> {
-        {
+        let call = {
             let mut state = self.lock();
             if let Some(key) = &new.idempotency_key {
                 if let Some(first) = state.idempotency_keys.get(key) {
@@ -175,10 +175,13 @@ impl Store for MemoryStore {
                 state.idempotency_keys.insert(key.clone(), id);
             }
             let call = Call::new(id, new, clock::truncate_to_micros(now));
-            state.put(call);
-        }
+            state.put(call.clone());
+            call
+        };
+        // The copy taken under the lock: once the lock is released, a running
+        // dispatcher may claim the call, and the caller must still see it as
+        // it was created.
         self.bump();
-        let call = self.lock().get(id)?.clone();
         Ok(Created {
             call,
             created: true,
@@ -357,4 +360,124 @@ impl Store for MemoryStore {
 
 fn collect<'a>(state: &State, keys: impl Iterator<Item = &'a Key>) -> Vec<Call> {
     keys.map(|(_, id)| state.calls[id].clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::store::Settlement;
+    use crate::ScriptId;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap() + chrono::TimeDelta::seconds(secs)
+    }
+
+    fn new_call(n: u32) -> NewCall {
+        NewCall::new(
+            PhoneNumber::parse(&format!("+1415555{n:04}")).unwrap(),
+            ScriptId::parse("welcomeFlow").unwrap(),
+        )
+    }
+
+    fn claim_all(now: DateTime<Utc>) -> ClaimRequest {
+        ClaimRequest {
+            now,
+            max_in_flight: u32::MAX,
+            limit: 100,
+            lease: Duration::from_secs(60),
+        }
+    }
+
+    async fn create(store: &MemoryStore, n: u32) -> Call {
+        let id = CallId::v7_from_parts(at(0), [n.to_be_bytes()[3]; 10]);
+        store.create(id, &new_call(n), at(0)).await.unwrap().call
+    }
+
+    /// `create` returns the call it stored, not the call as it is by the time
+    /// the caller reads it: a claimer spinning on another thread takes every
+    /// new call at once, and still every call comes back `PENDING`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_returns_the_call_as_created_while_a_claimer_takes_it() {
+        let store = Arc::new(MemoryStore::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let claimer = tokio::spawn({
+            let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
+            async move {
+                let mut claimed = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    claimed += store.claim(&claim_all(at(1))).await.unwrap().len();
+                    tokio::task::yield_now().await;
+                }
+                claimed
+            }
+        });
+        for n in 0..2_000 {
+            let new = new_call(n);
+            let created = store
+                .create(CallId::new_v7(at(0)), &new, at(0))
+                .await
+                .unwrap();
+            assert_eq!(created.call.status, CallStatus::Pending, "call {n}");
+            assert_eq!(created.call.attempts, 0, "call {n}");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(claimer.await.unwrap() > 0, "the claimer took no call");
+    }
+
+    #[tokio::test]
+    async fn snapshot_lists_every_call_as_it_is_ordered_by_id() {
+        let store = MemoryStore::new();
+        assert_eq!(store.snapshot(), Vec::<Call>::new());
+        let second = create(&store, 2).await;
+        let first = create(&store, 1).await;
+        store.claim(&claim_all(at(1))).await.unwrap();
+        let snapshot = store.snapshot();
+        assert_eq!(
+            snapshot.iter().map(|call| call.id).collect::<Vec<_>>(),
+            [first.id, second.id]
+        );
+        for call in &snapshot {
+            assert_eq!(call, &store.get(call.id).await.unwrap());
+            assert_eq!(call.status, CallStatus::InProgress);
+        }
+    }
+
+    /// The change counter moves by one for each create and each applied
+    /// settle; claims, reads, recorded dials and stale settles leave it.
+    #[tokio::test]
+    async fn the_change_counter_counts_creates_and_applied_settles() {
+        let store = MemoryStore::new();
+        let changes = store.subscribe();
+        assert_eq!(*changes.borrow(), 0);
+        let call = create(&store, 1).await;
+        create(&store, 2).await;
+        assert_eq!(*changes.borrow(), 2);
+
+        store.claim(&claim_all(at(1))).await.unwrap();
+        store.get(call.id).await.unwrap();
+        let attempt = AttemptRef {
+            call_id: call.id,
+            attempt: 1,
+        };
+        store.record_dial(attempt, "p-1").await.unwrap();
+        assert_eq!(*changes.borrow(), 2);
+
+        let completed = Settlement::Completed {
+            at: at(2),
+            duration_sec: None,
+        };
+        store.settle(attempt, completed.clone()).await.unwrap();
+        assert_eq!(*changes.borrow(), 3);
+        assert!(matches!(
+            store.settle(attempt, completed).await.unwrap(),
+            Settled::Stale(_)
+        ));
+        assert_eq!(*changes.borrow(), 3);
+    }
 }

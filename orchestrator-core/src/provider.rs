@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::call::{AttemptRef, Call, CallId};
 use crate::phone::PhoneNumber;
 
-/// One attempt to dial, as sent to the provider (SPEC section 3).
+/// One attempt to dial, as sent to the provider.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DialRequest {
     /// Which call and which attempt; also the idempotency key.
@@ -54,7 +54,7 @@ pub struct Dialled {
     pub provider_call_id: String,
 }
 
-/// Why a dial did not start, classified as SPEC section 3 says.
+/// Why a dial did not start, classified by the provider's answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DialError {
@@ -79,7 +79,7 @@ pub enum DialError {
     },
 }
 
-/// The outcome a provider reports in its webhook (SPEC section 4).
+/// The outcome a provider reports in its webhook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReportedStatus {
@@ -106,7 +106,8 @@ impl ReportedStatus {
     }
 }
 
-/// A provider's status report for one of its calls: the webhook body of SPEC section 4.
+/// A provider's status report for one of its calls: the webhook body
+/// `{"callId", "status", "durationSec"?, "completedAt"?}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
@@ -154,6 +155,9 @@ impl WebhookSink {
 /// `start_call` starts the attempt at most once per idempotency key, and
 /// classifies failures as [`DialError`] says. It must return in bounded time
 /// (implementations carry their own timeout).
+///
+/// Implement it under `#[orchestrator_core::async_trait]` (re-exported, so no
+/// dependency of your own is needed).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Starts one attempt of a call.

@@ -1,4 +1,4 @@
-//! Retry with exponential back-off and jitter (SPEC section 5, rule 5).
+//! Retry with exponential back-off and jitter.
 //!
 //! Attempt `n` (from 1) that fails is retried after
 //! `min(base · 2^(n-1), max)`, shortened by up to `jitter` of itself
@@ -212,6 +212,63 @@ mod tests {
             RetryDecision::RetryAfter(secs(2))
         );
         assert_eq!(policy.decide(3, &mut rng), RetryDecision::GiveUp);
+    }
+
+    #[test]
+    fn accessors_return_what_the_policy_was_built_with() {
+        let policy = RetryPolicy::new(secs(3), secs(40), 4, 0.25).unwrap();
+        assert_eq!(policy.base(), secs(3));
+        assert_eq!(policy.max_delay(), secs(40));
+        assert_eq!(policy.max_attempts(), 4);
+        assert_eq!(policy.jitter(), 0.25);
+
+        let default = RetryPolicy::default();
+        assert_eq!(default.base(), RetryPolicy::DEFAULT_BASE);
+        assert_eq!(default.max_delay(), RetryPolicy::DEFAULT_MAX_DELAY);
+        assert_eq!(default.max_attempts(), RetryPolicy::DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(default.jitter(), RetryPolicy::DEFAULT_JITTER);
+    }
+
+    #[test]
+    fn min_delay_is_the_nominal_delay_shortened_by_the_whole_jitter() {
+        let policy = RetryPolicy::new(secs(10), secs(60), 5, 0.25).unwrap();
+        assert_eq!(policy.min_delay(1), Duration::from_millis(7_500));
+        assert_eq!(policy.min_delay(3), secs(30));
+        assert_eq!(policy.min_delay(9), secs(45));
+        let exact = RetryPolicy::new(secs(10), secs(60), 5, 0.0).unwrap();
+        assert_eq!(exact.min_delay(2), secs(20));
+    }
+
+    #[test]
+    fn jitter_shortens_each_delay_by_a_different_amount() {
+        let policy = RetryPolicy::new(secs(10), secs(60), 5, 0.5).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let delays: Vec<Duration> = (0..20)
+            .map(|_| match policy.decide(1, &mut rng) {
+                RetryDecision::RetryAfter(delay) => delay,
+                RetryDecision::GiveUp => panic!("attempts are left"),
+            })
+            .collect();
+        for delay in &delays {
+            assert!(
+                (secs(5)..secs(10)).contains(delay),
+                "{delay:?} is not within [5 s, 10 s)"
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
+        assert!(distinct.len() > 10, "{delays:?}");
+    }
+
+    #[test]
+    fn without_jitter_the_delay_is_the_nominal_delay() {
+        let policy = RetryPolicy::new(secs(10), secs(60), 5, 0.0).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for attempt in 1..5 {
+            assert_eq!(
+                policy.decide(attempt, &mut rng),
+                RetryDecision::RetryAfter(policy.nominal_delay(attempt))
+            );
+        }
     }
 
     proptest! {

@@ -21,7 +21,19 @@ use crate::provider::{
 };
 
 /// Relative weights of the outcomes a completed dial reports.
+///
+/// ```
+/// use orchestrator_core::{OutcomeMix, ReportedStatus};
+///
+/// // Three completed calls for every busy one.
+/// let mix = OutcomeMix::only(ReportedStatus::Completed)
+///     .with_weight(ReportedStatus::Completed, 3)
+///     .with_weight(ReportedStatus::Busy, 1);
+/// assert_eq!(mix.weight(ReportedStatus::Busy), 1);
+/// assert_eq!(mix.weight(ReportedStatus::Failed), 0);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OutcomeMix {
     /// Weight of `COMPLETED`.
     pub completed: u32,
@@ -34,6 +46,51 @@ pub struct OutcomeMix {
 }
 
 impl OutcomeMix {
+    /// Every weight 0; build a mix from it with [`with_weight`](Self::with_weight).
+    /// A mix left all zero reports `COMPLETED`.
+    #[must_use]
+    pub fn zero() -> Self {
+        Self {
+            completed: 0,
+            failed: 0,
+            busy: 0,
+            no_answer: 0,
+        }
+    }
+
+    /// Every dial reports `status`.
+    #[must_use]
+    pub fn only(status: ReportedStatus) -> Self {
+        Self::zero().with_weight(status, 1)
+    }
+
+    /// This mix with `status` weighing `weight`.
+    #[must_use]
+    pub fn with_weight(mut self, status: ReportedStatus, weight: u32) -> Self {
+        *self.slot(status) = weight;
+        self
+    }
+
+    /// The weight of `status`.
+    #[must_use]
+    pub fn weight(&self, status: ReportedStatus) -> u32 {
+        match status {
+            ReportedStatus::Completed => self.completed,
+            ReportedStatus::Failed => self.failed,
+            ReportedStatus::Busy => self.busy,
+            ReportedStatus::NoAnswer => self.no_answer,
+        }
+    }
+
+    fn slot(&mut self, status: ReportedStatus) -> &mut u32 {
+        match status {
+            ReportedStatus::Completed => &mut self.completed,
+            ReportedStatus::Failed => &mut self.failed,
+            ReportedStatus::Busy => &mut self.busy,
+            ReportedStatus::NoAnswer => &mut self.no_answer,
+        }
+    }
+
     /// Draws one outcome with these weights; `COMPLETED` when every weight is 0.
     pub fn pick(&self, rng: &mut impl Rng) -> ReportedStatus {
         let weighted = [
@@ -70,7 +127,20 @@ impl Default for OutcomeMix {
 }
 
 /// Fault probabilities, each a fraction in `0.0..=1.0`, drawn per dial or per webhook.
+/// The default is no faults.
+///
+/// ```
+/// use std::time::Duration;
+/// use orchestrator_core::Faults;
+///
+/// let faults = Faults::default()
+///     .with_server_error(0.05)
+///     .with_at_capacity(0.05, Some(Duration::from_millis(250)))
+///     .with_lost_webhook(0.01);
+/// assert_eq!(faults.server_error, 0.05);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Faults {
     /// The dial answers 503 (retryable).
     pub server_error: f64,
@@ -94,7 +164,19 @@ pub struct Faults {
 }
 
 /// How the simulated provider behaves.
+///
+/// ```
+/// use std::time::Duration;
+/// use orchestrator_core::{Faults, SimulationConfig};
+///
+/// let config = SimulationConfig::default()
+///     .with_seed(42)
+///     .with_call_duration(Duration::from_millis(100)..=Duration::from_millis(600))
+///     .with_faults(Faults::default().with_duplicate_webhook(0.05));
+/// assert_eq!(config.seed, 42);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SimulationConfig {
     /// Seed of every random draw.
     pub seed: u64,
@@ -118,6 +200,98 @@ impl Default for SimulationConfig {
             outcomes: OutcomeMix::default(),
             faults: Faults::default(),
         }
+    }
+}
+
+impl Faults {
+    /// These faults, with this fraction of dials answered 503 (retryable).
+    #[must_use]
+    pub fn with_server_error(mut self, probability: f64) -> Self {
+        self.server_error = probability;
+        self
+    }
+
+    /// These faults, with this fraction of dials answered 429 (at capacity),
+    /// sending `retry_after` as `Retry-After`.
+    #[must_use]
+    pub fn with_at_capacity(mut self, probability: f64, retry_after: Option<Duration>) -> Self {
+        self.at_capacity = probability;
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// These faults, with this fraction of dials answered 422 (permanent).
+    #[must_use]
+    pub fn with_permanent_error(mut self, probability: f64) -> Self {
+        self.permanent_error = probability;
+        self
+    }
+
+    /// These faults, with this fraction of dials hanging for `after` and then
+    /// failing as a timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, probability: f64, after: Duration) -> Self {
+        self.timeout = probability;
+        self.timeout_after = after;
+        self
+    }
+
+    /// These faults, with this fraction of webhooks never sent.
+    #[must_use]
+    pub fn with_lost_webhook(mut self, probability: f64) -> Self {
+        self.lost_webhook = probability;
+        self
+    }
+
+    /// These faults, with this fraction of webhooks sent twice.
+    #[must_use]
+    pub fn with_duplicate_webhook(mut self, probability: f64) -> Self {
+        self.duplicate_webhook = probability;
+        self
+    }
+
+    /// These faults, with this fraction of webhooks sent before the dial's 202.
+    #[must_use]
+    pub fn with_early_webhook(mut self, probability: f64) -> Self {
+        self.early_webhook = probability;
+        self
+    }
+}
+
+impl SimulationConfig {
+    /// This configuration with the seed of every random draw.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// This configuration with the range of times to answer a dial.
+    #[must_use]
+    pub fn with_dial_latency(mut self, latency: RangeInclusive<Duration>) -> Self {
+        self.dial_latency = latency;
+        self
+    }
+
+    /// This configuration with the range of times from an accepted dial to its webhook.
+    #[must_use]
+    pub fn with_call_duration(mut self, duration: RangeInclusive<Duration>) -> Self {
+        self.call_duration = duration;
+        self
+    }
+
+    /// This configuration with the outcome weights.
+    #[must_use]
+    pub fn with_outcomes(mut self, outcomes: OutcomeMix) -> Self {
+        self.outcomes = outcomes;
+        self
+    }
+
+    /// This configuration with the fault probabilities.
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
     }
 }
 

@@ -288,6 +288,25 @@ mod tests {
         }
     }
 
+    /// Asserts `event` is allowed on `call` exactly when `allowed` says, and
+    /// that a refusal names the call's status and the event.
+    fn assert_allowed(call: &Call, event: CallEvent, allowed: bool) {
+        let name = event.name();
+        match transition(call, event) {
+            Ok(_) => assert!(allowed, "{name} was allowed on a {} call", call.status),
+            Err(refused) => {
+                assert!(!allowed, "{name} was refused on a {} call", call.status);
+                assert_eq!(
+                    refused,
+                    TransitionError {
+                        from: call.status,
+                        event: name
+                    }
+                );
+            }
+        }
+    }
+
     #[test]
     fn pending_calls_only_claim_update_or_expire() {
         for event in every_event() {
@@ -295,7 +314,7 @@ mod tests {
                 event,
                 CallEvent::Claim { .. } | CallEvent::UpdatePayload(_) | CallEvent::Expire { .. }
             );
-            assert_eq!(transition(&pending(), event).is_ok(), allowed);
+            assert_allowed(&pending(), event, allowed);
         }
     }
 
@@ -307,7 +326,32 @@ mod tests {
                 event,
                 CallEvent::Claim { .. } | CallEvent::UpdatePayload(_) | CallEvent::Expire { .. }
             );
-            assert_eq!(transition(&call, event).is_ok(), allowed);
+            assert_allowed(&call, event, allowed);
         }
+    }
+
+    #[test]
+    fn events_have_short_names_for_messages() {
+        let names: Vec<&str> = every_event().iter().map(CallEvent::name).collect();
+        assert_eq!(
+            names,
+            [
+                "claim",
+                "accept",
+                "capacity",
+                "retry",
+                "complete",
+                "fail",
+                "update payload",
+                "expire"
+            ]
+        );
+        let refused = transition(&pending(), CallEvent::Expire { at: t(1) })
+            .and_then(|call| transition(&call, claim(2)))
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "claim is not allowed on a call that is EXPIRED"
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! The `Store` trait: where calls live, and the atomic operations the engine needs.
 //!
-//! A store is the single source of truth for the invariants of SPEC section 5:
+//! A store is the single source of truth for the scheduling invariants:
 //! the global cap and the one-call-per-number rule are enforced by [`Store::claim`],
 //! not by engine memory, so several engines (processes) may share one store.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -152,8 +153,9 @@ impl Default for ListQuery {
     }
 }
 
-/// Calls per status. Serialises as `{"PENDING":n,"IN_PROGRESS":n,...}` with all five keys.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Calls per status. Serialises as `{"PENDING":n,"IN_PROGRESS":n,...}` with all five keys,
+/// and prints (`{:?}`) as `StatusCounts { PENDING: n, IN_PROGRESS: n, ... }`.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCounts {
     counts: [u64; 5],
 }
@@ -184,6 +186,16 @@ impl StatusCounts {
             CallStatus::Failed => 3,
             CallStatus::Expired => 4,
         }
+    }
+}
+
+impl fmt::Debug for StatusCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut counts = f.debug_struct("StatusCounts");
+        for status in CallStatus::ALL {
+            counts.field(status.as_str(), &self.get(status));
+        }
+        counts.finish()
     }
 }
 
@@ -288,6 +300,10 @@ pub enum Settled {
 /// - After `create` and after any `settle` that was applied, the store bumps
 ///   the counter returned by [`subscribe`](Store::subscribe), in this process
 ///   and (for shared backends) in every process sharing the store.
+///
+/// Implement it under `#[orchestrator_core::async_trait]` (re-exported, so no
+/// dependency of your own is needed), and run the conformance suite
+/// (`store_conformance_tests!`, feature `conformance`) against your store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new `PENDING` call with `attempts = 0` and id `id`, or, when
@@ -415,5 +431,37 @@ mod tests {
     fn the_last_page_offset_does_not_overflow() {
         let query = ListQuery::new(None, Some(u32::MAX), Some(100)).expect("valid");
         assert_eq!(query.offset(), u64::from(u32::MAX - 1) * 100);
+    }
+
+    fn counts(values: [u64; 5]) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for (status, value) in CallStatus::ALL.into_iter().zip(values) {
+            counts.set(status, value);
+        }
+        counts
+    }
+
+    #[test]
+    fn status_counts_keep_one_count_per_status_and_sum_them() {
+        let counts = counts([1, 2, 3, 4, 5]);
+        let read: Vec<u64> = CallStatus::ALL.map(|status| counts.get(status)).to_vec();
+        assert_eq!(read, [1, 2, 3, 4, 5]);
+        assert_eq!(counts.total(), 15);
+        assert_eq!(StatusCounts::default().total(), 0);
+    }
+
+    #[test]
+    fn status_counts_print_and_serialise_with_every_status_by_name() {
+        let counts = counts([1, 0, 7, 2, 0]);
+        assert_eq!(
+            format!("{counts:?}"),
+            "StatusCounts { PENDING: 1, IN_PROGRESS: 0, COMPLETED: 7, FAILED: 2, EXPIRED: 0 }"
+        );
+        assert_eq!(
+            serde_json::to_value(counts).unwrap(),
+            serde_json::json!({
+                "PENDING": 1, "IN_PROGRESS": 0, "COMPLETED": 7, "FAILED": 2, "EXPIRED": 0
+            })
+        );
     }
 }

@@ -8,23 +8,23 @@
 //! The last test runs the real dispatcher ([`Orchestrator::start`]) with the
 //! [`SimulatedProvider`] end to end, still on virtual time.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use mockall::{mock, Sequence};
-use orchestrator_core::config::ConfigError;
-use orchestrator_core::simulated::OutcomeMix;
-use orchestrator_core::store::ClaimRequest;
-use orchestrator_core::validate::Invalid;
 use orchestrator_core::{
-    AttemptRef, Call, CallId, CallStatus, Clock, DialError, DialRequest, Dialled, EngineConfig,
-    EngineError, MemoryStore, Metadata, NewCall, Orchestrator, PhoneNumber, Provider, RedialPolicy,
-    ReportedStatus, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, StatusReport,
-    Store, TokioClock, WebhookDelivery, WebhookOutcome,
+    async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError, Created,
+    DialError, DialRequest, Dialled, EngineConfig, EngineError, Invalid, ListQuery, MemoryStore,
+    Metadata, NewCall, Orchestrator, OutcomeMix, Page, PayloadPatch, PhoneNumber, Provider,
+    RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settled, Settlement, SimulatedProvider,
+    SimulationConfig, StatusCounts, StatusReport, Store, StoreError, TokioClock, WebhookDelivery,
+    WebhookOutcome,
 };
 use serde_json::json;
+use tokio::sync::watch;
 
 mock! {
     /// A provider whose answers each test scripts.
@@ -211,10 +211,7 @@ fn quick_retry(max_attempts: u32) -> RetryPolicy {
 }
 
 fn config() -> EngineConfig {
-    EngineConfig {
-        retry: quick_retry(3),
-        ..EngineConfig::default()
-    }
+    EngineConfig::default().with_retry(quick_retry(3))
 }
 
 fn duration_between(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
@@ -285,10 +282,7 @@ async fn created_call_is_dialled_with_its_payload_attempt_one_and_idempotency_ke
 
 #[tokio::test(start_paused = true)]
 async fn cap_dials_at_most_cap_calls_oldest_first_until_slots_free() {
-    let h = Harness::accepting(EngineConfig {
-        max_concurrent_calls: 2,
-        ..config()
-    });
+    let h = Harness::accepting(config().with_max_concurrent_calls(2));
     let mut created = Vec::new();
     for n in 0..5 {
         created.push(h.create(call_to(&format!("+96650123450{n}"))).await.id);
@@ -421,10 +415,7 @@ async fn tick_returns_the_re_dial_time_scheduled_by_the_dials_it_made() {
 #[tokio::test(start_paused = true)]
 async fn provider_429_without_retry_after_waits_capacity_retry_after() {
     let h = Harness::failing(
-        EngineConfig {
-            capacity_retry_after: Duration::from_secs(3),
-            ..config()
-        },
+        config().with_capacity_retry_after(Duration::from_secs(3)),
         DialError::AtCapacity { retry_after: None },
     );
     let id = h.create(call_to("+966501234567")).await.id;
@@ -444,10 +435,7 @@ async fn provider_429_without_retry_after_waits_capacity_retry_after() {
 async fn retryable_error_backs_off_within_jitter_bounds_then_fails_after_max_attempts() {
     let policy = quick_retry(3);
     let h = Harness::failing(
-        EngineConfig {
-            retry: policy.clone(),
-            ..config()
-        },
+        config().with_retry(policy.clone()),
         DialError::Retryable {
             reason: "provider 503".into(),
         },
@@ -545,10 +533,7 @@ async fn not_before_is_respected_and_is_the_next_timer() {
 
 #[tokio::test(start_paused = true)]
 async fn call_expiring_while_the_cap_is_full_expires_on_the_next_tick_and_is_never_dialled() {
-    let h = Harness::accepting(EngineConfig {
-        max_concurrent_calls: 1,
-        ..config()
-    });
+    let h = Harness::accepting(config().with_max_concurrent_calls(1));
     let holder = h.create(call_to("+14155550100")).await.id;
     h.tick().await;
     assert_eq!(h.dialled(), [holder]);
@@ -582,10 +567,7 @@ async fn call_expiring_while_the_cap_is_full_expires_on_the_next_tick_and_is_nev
 #[tokio::test(start_paused = true)]
 async fn pending_ttl_sets_expires_at_at_create_from_now_or_not_before() {
     let ttl = chrono::TimeDelta::seconds(60);
-    let h = Harness::accepting(EngineConfig {
-        pending_ttl: Some(Duration::from_secs(60)),
-        ..config()
-    });
+    let h = Harness::accepting(config().with_pending_ttl(Some(Duration::from_secs(60))));
     let now = h.now();
 
     let plain = h.create(call_to("+966501234567")).await;
@@ -607,11 +589,11 @@ async fn pending_ttl_sets_expires_at_at_create_from_now_or_not_before() {
 #[tokio::test(start_paused = true)]
 async fn stale_lease_is_a_webhook_timeout_retry_then_failed() {
     let policy = quick_retry(2);
-    let h = Harness::accepting(EngineConfig {
-        retry: policy.clone(),
-        lease: Duration::from_secs(60),
-        ..config()
-    });
+    let h = Harness::accepting(
+        config()
+            .with_retry(policy.clone())
+            .with_lease(Duration::from_secs(60)),
+    );
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
     let lease_end = h.get(id).await.lease_expires_at.expect("a lease");
@@ -698,14 +680,11 @@ async fn failed_busy_and_no_answer_webhooks_fail_with_that_status_as_last_error(
 #[tokio::test(start_paused = true)]
 async fn redial_policy_redials_busy_with_back_off_as_the_next_attempt() {
     let policy = quick_retry(3);
-    let h = Harness::accepting(EngineConfig {
-        retry: policy.clone(),
-        redial: RedialPolicy {
-            busy: true,
-            no_answer: false,
-        },
-        ..config()
-    });
+    let h = Harness::accepting(
+        config()
+            .with_retry(policy.clone())
+            .with_redial(RedialPolicy::default().with_busy(true)),
+    );
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
 
@@ -741,14 +720,11 @@ async fn redial_policy_redials_busy_with_back_off_as_the_next_attempt() {
 /// call, so the rule applies there too, with the reported duration.
 #[tokio::test(start_paused = true)]
 async fn redial_policy_out_of_attempts_fails_with_the_webhooks_completed_at_and_duration() {
-    let h = Harness::accepting(EngineConfig {
-        retry: quick_retry(1),
-        redial: RedialPolicy {
-            busy: true,
-            no_answer: true,
-        },
-        ..config()
-    });
+    let h = Harness::accepting(
+        config()
+            .with_retry(quick_retry(1))
+            .with_redial(RedialPolicy::default().with_busy(true).with_no_answer(true)),
+    );
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
 
@@ -786,10 +762,7 @@ async fn repeated_webhook_is_unchanged_and_changes_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn older_attempts_webhook_never_settles_the_newer_attempt() {
-    let h = Harness::accepting(EngineConfig {
-        lease: Duration::from_secs(60),
-        ..config()
-    });
+    let h = Harness::accepting(config().with_lease(Duration::from_secs(60)));
     let id = h.create(call_to("+966501234567")).await.id;
     h.tick().await;
     // Attempt 1 never calls back in time: its lease runs out and it is re-dialled.
@@ -988,10 +961,7 @@ async fn schedules_expiring_too_soon_are_refused_naming_the_field_and_nothing_is
 
 #[test]
 fn engine_config_with_zero_cap_is_refused() {
-    let config = EngineConfig {
-        max_concurrent_calls: 0,
-        ..EngineConfig::default()
-    };
+    let config = EngineConfig::default().with_max_concurrent_calls(0);
     let error = config.validate().unwrap_err();
     assert_eq!(
         error,
@@ -1006,21 +976,480 @@ fn engine_config_with_zero_cap_is_refused() {
     assert_eq!(built.err().map(|e| e.field), Some("max_concurrent_calls"));
 }
 
+// ------------------------------------------------------------- the API
+
+#[test]
+fn webhook_outcomes_name_themselves_and_the_call() {
+    let new = call_to("+966501234567");
+    let call = Call::new(CallId::new_v7(origin()), &new, origin());
+    let outcomes = [
+        (WebhookOutcome::Applied(call.clone()), "applied"),
+        (WebhookOutcome::Unchanged(call.clone()), "unchanged"),
+        (WebhookOutcome::Ignored(call.clone()), "ignored"),
+    ];
+    for (outcome, label) in outcomes {
+        assert_eq!(outcome.label(), label);
+        assert_eq!(outcome.call(), &call);
+    }
+}
+
+#[test]
+fn the_engine_shows_its_configuration() {
+    let config = config().with_max_concurrent_calls(7);
+    let builder = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(MockDialer::new()))
+        .config(config.clone())
+        .seed(5);
+    let printed = format!("{builder:?}");
+    assert!(
+        printed
+            .starts_with("OrchestratorBuilder { config: EngineConfig { max_concurrent_calls: 7,"),
+        "{printed}"
+    );
+    assert!(printed.contains("seed: Some(5)"), "{printed}");
+
+    let engine = builder.build().expect("valid configuration");
+    assert_eq!(engine.config(), &config);
+    let printed = format!("{engine:?}");
+    assert!(
+        printed.starts_with("Orchestrator { config: EngineConfig { max_concurrent_calls: 7,"),
+        "{printed}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_round_claims_batch_after_batch_until_the_cap_is_full() {
+    let h = Harness::accepting(config().with_claim_batch(2).with_max_concurrent_calls(5));
+    let mut created = Vec::new();
+    for n in 0..6 {
+        created.push(h.create(call_to(&format!("+96650123450{n}"))).await.id);
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    h.tick().await;
+    assert_eq!(h.dialled(), created[..5]);
+}
+
+// ---------------------------------------------------------- store outage
+
+/// A [`MemoryStore`] that can be taken down: while down, every operation
+/// fails with [`StoreError::Unavailable`], as a database that cannot be
+/// reached does. Implemented with the crate's re-exported `async_trait`.
+struct OutageStore {
+    inner: MemoryStore,
+    down: AtomicBool,
+}
+
+impl OutageStore {
+    fn new() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            down: AtomicBool::new(false),
+        }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for OutageStore {
+    async fn create(
+        &self,
+        id: CallId,
+        new: &NewCall,
+        now: DateTime<Utc>,
+    ) -> Result<Created, StoreError> {
+        self.up()?;
+        self.inner.create(id, new, now).await
+    }
+
+    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
+        self.up()?;
+        self.inner.get(id).await
+    }
+
+    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
+        self.up()?;
+        self.inner.update_payload(id, patch).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.up()?;
+        self.inner.list(query).await
+    }
+
+    async fn counts(&self) -> Result<StatusCounts, StoreError> {
+        self.up()?;
+        self.inner.counts().await
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
+        self.up()?;
+        self.inner.claim(request).await
+    }
+
+    async fn record_dial(
+        &self,
+        attempt: AttemptRef,
+        provider_call_id: &str,
+    ) -> Result<bool, StoreError> {
+        self.up()?;
+        self.inner.record_dial(attempt, provider_call_id).await
+    }
+
+    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
+        self.up()?;
+        self.inner.find_attempt(provider_call_id).await
+    }
+
+    async fn settle(
+        &self,
+        attempt: AttemptRef,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        self.up()?;
+        self.inner.settle(attempt, settlement).await
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
+        self.up()?;
+        self.inner.expire_due(now).await
+    }
+
+    async fn stale_attempts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<AttemptRef>, StoreError> {
+        self.up()?;
+        self.inner.stale_attempts(now, limit).await
+    }
+
+    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.up()?;
+        self.inner.next_timer(now).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.up()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.subscribe()
+    }
+}
+
+fn unavailable<T: std::fmt::Debug>(result: Result<T, EngineError>) -> bool {
+    matches!(result, Err(EngineError::Store(StoreError::Unavailable(_))))
+}
+
+/// An engine over an [`OutageStore`] whose provider accepts every dial.
+fn over_outage_store(config: EngineConfig) -> (Orchestrator, Arc<OutageStore>, Dials) {
+    let store = Arc::new(OutageStore::new());
+    let dials = Dials::default();
+    let mut dialer = MockDialer::new();
+    let log = Arc::clone(&dials);
+    dialer
+        .expect_start_call()
+        .returning(move |request| accept(&log, request));
+    let engine = Orchestrator::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
+        .config(config)
+        .clock(Arc::new(TokioClock::starting_at(origin())))
+        .seed(9)
+        .build()
+        .expect("valid configuration");
+    (engine, store, dials)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_fails_each_operation_as_a_store_error_until_it_ends() {
+    let (engine, store, dials) = over_outage_store(config());
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+
+    store.set_down(true);
+    assert!(unavailable(engine.ready().await));
+    assert!(unavailable(
+        engine.create_call(call_to("+966501234568")).await
+    ));
+    assert!(unavailable(engine.get_call(id).await));
+    assert!(unavailable(engine.counts().await));
+    assert!(unavailable(engine.tick().await));
+    assert!(dials.lock().unwrap().is_empty());
+
+    store.set_down(false);
+    engine.ready().await.expect("the store is back");
+    engine.tick().await.expect("a round");
+    assert_eq!(dials.lock().unwrap().len(), 1);
+    assert_eq!(
+        engine.get_call(id).await.unwrap().status,
+        CallStatus::InProgress
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_dispatcher_retries_after_a_store_outage_without_a_signal() {
+    let poll = Duration::from_secs(2);
+    let (engine, store, dials) = over_outage_store(config().with_fallback_poll(poll));
+    engine.create_call(call_to("+966501234567")).await.unwrap();
+    store.set_down(true);
+    let running = engine.start();
+    settle_tasks().await;
+
+    // The outage ends without any change the store would signal: only the
+    // fallback poll brings the dispatcher back.
+    store.set_down(false);
+    tokio::time::advance(poll - Duration::from_millis(1)).await;
+    settle_tasks().await;
+    assert!(dials.lock().unwrap().is_empty(), "dialled before the poll");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    settle_tasks().await;
+    assert_eq!(dials.lock().unwrap().len(), 1);
+    running.shutdown().await;
+}
+
+// ------------------------------------------------------------- lifecycle
+
+/// Lets every task that can run at this virtual instant run.
+async fn settle_tasks() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A started engine over a simulated provider that takes exactly 1 s to
+/// answer a dial and whose calls last 100 s, so a dial is in flight for a
+/// known second.
+fn slow_dialling_engine() -> (Orchestrator, SimulatedProvider) {
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default()
+            .with_dial_latency(Duration::from_secs(1)..=Duration::from_secs(1))
+            .with_call_duration(Duration::from_secs(100)..=Duration::from_secs(100))
+            .with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
+    );
+    let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
+        .config(config())
+        .clock(Arc::new(TokioClock::starting_at(origin())))
+        .seed(2)
+        .build()
+        .expect("valid configuration");
+    (engine, provider)
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_records_the_dials_in_flight_then_dials_nothing_more() {
+    let (engine, provider) = slow_dialling_engine();
+    let running = engine.start();
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    settle_tasks().await;
+    assert_eq!(provider.requests(), 1, "the dial is in flight");
+
+    running.shutdown().await;
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+    assert_eq!(
+        call.provider_call_id.as_deref(),
+        Some(provider.started_calls()[0].provider_call_id.as_str()),
+        "the answer that arrived during the drain was recorded"
+    );
+
+    let later = engine
+        .create_call(call_to("+966501234568"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    settle_tasks().await;
+    assert_eq!(
+        engine.get_call(later).await.unwrap().status,
+        CallStatus::Pending
+    );
+    assert_eq!(provider.requests(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_drops_the_dials_in_flight_and_dials_nothing_more() {
+    let (engine, provider) = slow_dialling_engine();
+    let running = engine.start();
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    settle_tasks().await;
+    assert_eq!(provider.requests(), 1, "the dial is in flight");
+
+    running.abort();
+    let later = engine
+        .create_call(call_to("+966501234568"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    settle_tasks().await;
+    // As after a crash: the attempt stays in progress until its lease runs out.
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+    assert_eq!(call.provider_call_id, None);
+    assert!(provider.started_calls().is_empty());
+    assert_eq!(
+        engine.get_call(later).await.unwrap().status,
+        CallStatus::Pending
+    );
+    assert_eq!(provider.requests(), 1);
+}
+
+// --------------------------------------------------------------- metrics
+
+/// A `metrics` recorder that keeps every counter, keyed by name and labels.
+#[derive(Default)]
+struct CountingRecorder {
+    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+impl CountingRecorder {
+    fn key(name: &str, labels: &[(&str, &str)]) -> String {
+        format!("{name}{labels:?}")
+    }
+
+    /// The counter's value; 0 when it was never registered.
+    fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let counters = self.counters.lock().unwrap();
+        counters
+            .get(&Self::key(name, labels))
+            .map_or(0, |counter| counter.load(Ordering::SeqCst))
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<(&str, &str)> = key
+            .labels()
+            .map(|label| (label.key(), label.value()))
+            .collect();
+        let mut counters = self.counters.lock().unwrap();
+        let counter = counters.entry(Self::key(key.name(), &labels)).or_default();
+        metrics::Counter::from_arc(Arc::clone(counter))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// Operators watch the engine through its counters: calls created and
+/// expired, dials by outcome, leases run out, retries, webhooks by outcome.
+#[test]
+fn the_engine_counts_what_it_does() {
+    let recorder = CountingRecorder::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let h = Harness::accepting(
+                config()
+                    .with_max_concurrent_calls(1)
+                    .with_lease(Duration::from_secs(60)),
+            );
+            let holder = h.create(call_to("+14155550100")).await.id;
+            h.tick().await;
+            let mut waiting = call_to("+966501234567");
+            waiting.expires_at = Some(h.now() + chrono::TimeDelta::seconds(5));
+            h.create(waiting).await;
+            tokio::time::advance(Duration::from_secs(5)).await;
+            h.tick().await;
+            h.advance_to(t(60)).await;
+            h.tick().await;
+            assert_eq!(
+                h.get(holder).await.last_error.as_deref(),
+                Some("webhook timeout")
+            );
+            let unknown = h
+                .engine
+                .handle_webhook(webhook("p-nobody", ReportedStatus::Completed, None))
+                .await;
+            assert!(
+                matches!(unknown, Err(EngineError::NotFound(_))),
+                "{unknown:?}"
+            );
+        });
+    });
+    let count = |name: &str, labels: &[(&str, &str)]| recorder.count(name, labels);
+    assert_eq!(count("orchestrator_calls_created_total", &[]), 2);
+    assert_eq!(
+        count("orchestrator_dials_total", &[("outcome", "accepted")]),
+        1
+    );
+    assert_eq!(count("orchestrator_calls_expired_total", &[]), 1);
+    assert_eq!(count("orchestrator_stale_leases_total", &[]), 1);
+    assert_eq!(count("orchestrator_retries_total", &[]), 1);
+    assert_eq!(
+        count("orchestrator_webhooks_total", &[("outcome", "unknown")]),
+        1
+    );
+}
+
 // ------------------------------------------------------------ end to end
 
 #[tokio::test(start_paused = true)]
 async fn started_engine_with_the_simulated_provider_completes_a_call() {
     // Only COMPLETED outcomes, so the test states one behaviour whatever the
     // seed draws; everything else is the simulator's default.
-    let provider = SimulatedProvider::new(SimulationConfig {
-        outcomes: OutcomeMix {
-            completed: 1,
-            failed: 0,
-            busy: 0,
-            no_answer: 0,
-        },
-        ..SimulationConfig::default()
-    });
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default().with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
+    );
     let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
         .clock(Arc::new(TokioClock::starting_at(origin())))
         .seed(1)

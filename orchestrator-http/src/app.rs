@@ -227,10 +227,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             (Arc::new(provider), description)
         }
         None => {
-            let simulation = SimulationConfig {
-                seed: rand::random(),
-                ..SimulationConfig::default()
-            };
+            let simulation = SimulationConfig::default().with_seed(rand::random());
             (
                 Arc::new(SimulatedProvider::new(simulation)),
                 "simulated (answers and calls back by itself)".to_owned(),

@@ -292,13 +292,11 @@ impl Config {
             }
             other => ConfigError::new("BASE_RETRY_SECONDS", other.to_string()),
         })?;
-        let engine = EngineConfig {
-            max_concurrent_calls: settings.max_concurrent_calls,
-            retry,
-            lease: settings.stale_inprog_seconds,
-            pending_ttl: settings.pending_ttl_seconds,
-            ..EngineConfig::default()
-        };
+        let engine = EngineConfig::default()
+            .with_max_concurrent_calls(settings.max_concurrent_calls)
+            .with_retry(retry)
+            .with_lease(settings.stale_inprog_seconds)
+            .with_pending_ttl(settings.pending_ttl_seconds);
         engine.validate().map_err(|error| {
             let variable = match error.field {
                 "max_concurrent_calls" => "MAX_CONCURRENT_CALLS",

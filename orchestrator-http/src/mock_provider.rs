@@ -81,12 +81,7 @@ impl FromStr for OutcomeMixArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut mix = OutcomeMix {
-            completed: 0,
-            failed: 0,
-            busy: 0,
-            no_answer: 0,
-        };
+        let mut mix = OutcomeMix::zero();
         for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (name, weight) = entry
                 .split_once('=')

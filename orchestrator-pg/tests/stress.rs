@@ -416,29 +416,27 @@ async fn engines_sharing_one_database_keep_every_invariant() {
     const NUMBERS: u32 = 50;
     let started = Instant::now();
     let stores = stores(ENGINES).await;
-    let provider = SimulatedProvider::new(SimulationConfig {
-        seed: 11,
-        dial_latency: Duration::from_millis(1)..=Duration::from_millis(5),
-        call_duration: Duration::from_millis(1)..=Duration::from_millis(20),
-        outcomes: Default::default(),
-        faults: Faults {
-            server_error: 0.05,
-            at_capacity: 0.05,
-            retry_after: Some(Duration::from_millis(5)),
-            duplicate_webhook: 0.05,
-            early_webhook: 0.05,
-            ..Faults::default()
-        },
-    });
-    let config = EngineConfig {
-        max_concurrent_calls: CAP,
-        retry: RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(50), 3, 0.2)
-            .unwrap(),
-        capacity_retry_after: Duration::from_millis(5),
-        fallback_poll: Duration::from_millis(250),
-        claim_batch: CAP,
-        ..EngineConfig::default()
-    };
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default()
+            .with_seed(11)
+            .with_dial_latency(Duration::from_millis(1)..=Duration::from_millis(5))
+            .with_call_duration(Duration::from_millis(1)..=Duration::from_millis(20))
+            .with_faults(
+                Faults::default()
+                    .with_server_error(0.05)
+                    .with_at_capacity(0.05, Some(Duration::from_millis(5)))
+                    .with_duplicate_webhook(0.05)
+                    .with_early_webhook(0.05),
+            ),
+    );
+    let config = EngineConfig::default()
+        .with_max_concurrent_calls(CAP)
+        .with_retry(
+            RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(50), 3, 0.2).unwrap(),
+        )
+        .with_capacity_retry_after(Duration::from_millis(5))
+        .with_fallback_poll(Duration::from_millis(250))
+        .with_claim_batch(CAP);
     let engines: Vec<Orchestrator> = stores
         .iter()
         .enumerate()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use orchestrator_core::simulated::OutcomeMix;
-use orchestrator_core::EngineConfig;
+use orchestrator_core::{EngineConfig, ReportedStatus};
 use orchestrator_http::app::{self, Running};
 use orchestrator_http::config::{Config, LogFormat, ProviderSettings};
 use orchestrator_http::mock_provider::{MockProvider, MockProviderConfig};
@@ -23,12 +23,9 @@ const DEADLINE: Duration = Duration::from_secs(20);
 async fn mock_provider() -> (MockProvider, Url) {
     let mock = MockProvider::new(MockProviderConfig {
         call_duration: Duration::from_millis(50),
-        outcomes: OutcomeMix {
-            completed: 3,
-            failed: 0,
-            busy: 1,
-            no_answer: 0,
-        },
+        outcomes: OutcomeMix::zero()
+            .with_weight(ReportedStatus::Completed, 3)
+            .with_weight(ReportedStatus::Busy, 1),
         webhook_secret: Some(SECRET.parse().unwrap()),
         api_key: Some("sk-e2e".to_owned()),
         seed: 11,
@@ -51,10 +48,7 @@ pub async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Ru
         database_url,
         bind_host: "127.0.0.1".to_owned(),
         port: 0,
-        engine: EngineConfig {
-            max_concurrent_calls: 4,
-            ..EngineConfig::default()
-        },
+        engine: EngineConfig::default().with_max_concurrent_calls(4),
         provider: Some(ProviderSettings {
             base_url: provider_url,
             api_key: Some("sk-e2e".to_owned()),

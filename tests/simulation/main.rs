@@ -1,4 +1,6 @@
-//! Deterministic simulation of the whole engine (SPEC section 5, invariants 1–7).
+//! Deterministic simulation of the whole engine: the scheduling invariants
+//! (cap, one call per number, atomic claims, oldest first, back-off, leases,
+//! expiry) under faults, crashes and restarts.
 //!
 //! One seed drives everything: the engine's configuration, the simulated
 //! provider's latencies, outcomes and faults, and the operations (creating
@@ -7,10 +9,13 @@
 //! proptest strategy by a runner seeded with that seed, so a seed alone
 //! replays a case. Time is tokio's paused clock, so runs are exact.
 //!
-//! Invariants are checked by [`CheckedStore`], a `Store` wrapper that compares
-//! the memory store before and after *every* store operation, so even a
-//! violation that lasts one instant is caught. After the operations, a final
-//! phase turns faults off and requires every call to reach a terminal state.
+//! Invariants are checked by [`CheckedStore`] (module `checked`), a `Store`
+//! wrapper that compares the memory store before and after *every* store
+//! operation, so even a violation that lasts one instant is caught. After the
+//! operations, a final phase turns faults off and requires every call to
+//! reach a terminal state. The store conformance suite also runs through
+//! `CheckedStore` (module `conformance`), so the wrapper and the memory store
+//! are held to the same contract as every backend.
 //!
 //! - `SIM_CASES=5000 cargo test --test simulation` runs a long campaign.
 //! - `SIM_SEED=1234 cargo test --test simulation replay` replays one seed and
@@ -18,27 +23,26 @@
 //!
 //! A failure prints the seed and the shrunk history of operations.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, PoisonError};
+mod checked;
+mod conformance;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use orchestrator_core::simulated::{Faults, OutcomeMix};
-use orchestrator_core::store::{
-    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts,
-};
 use orchestrator_core::{
-    AttemptRef, Call, CallId, CallStatus, Clock, EngineConfig, EngineHandle, MemoryStore, NewCall,
-    Orchestrator, PayloadPatch, PhoneNumber, RedialPolicy, RetryPolicy, ScriptId,
-    SimulatedProvider, SimulationConfig, Store, StoreError, TokioClock,
+    AttemptRef, CallId, CallStatus, Clock, EngineConfig, EngineError, EngineHandle, Faults,
+    MemoryStore, NewCall, Orchestrator, OutcomeMix, PayloadPatch, PhoneNumber, RedialPolicy,
+    ReportedStatus, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store, TokioClock,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::watch;
+
+use checked::{CheckedStore, EngineRules};
 
 /// One operation of a scenario.
 #[derive(Clone, Debug)]
@@ -97,56 +101,56 @@ fn world(seed: u64) -> World {
         rng.random_range(0.0..0.5),
     )
     .expect("valid retry policy");
-    let engine = EngineConfig {
-        max_concurrent_calls: cap,
-        retry,
-        lease: Duration::from_secs(rng.random_range(20..=120)),
-        pending_ttl: rng
-            .random_bool(0.3)
-            .then(|| Duration::from_secs(rng.random_range(30..=600))),
-        capacity_retry_after: Duration::from_millis(rng.random_range(200..=5_000)),
-        redial: RedialPolicy {
-            busy: rng.random_bool(0.5),
-            no_answer: rng.random_bool(0.5),
-        },
-        fallback_poll: Duration::from_secs(2),
-        claim_batch: rng.random_range(1..=cap),
-        ..EngineConfig::default()
-    };
+    let engine = EngineConfig::default()
+        .with_max_concurrent_calls(cap)
+        .with_retry(retry)
+        .with_lease(Duration::from_secs(rng.random_range(20..=120)))
+        .with_pending_ttl(
+            rng.random_bool(0.3)
+                .then(|| Duration::from_secs(rng.random_range(30..=600))),
+        )
+        .with_capacity_retry_after(Duration::from_millis(rng.random_range(200..=5_000)))
+        .with_redial(
+            RedialPolicy::default()
+                .with_busy(rng.random_bool(0.5))
+                .with_no_answer(rng.random_bool(0.5)),
+        )
+        .with_fallback_poll(Duration::from_secs(2))
+        .with_claim_batch(rng.random_range(1..=cap));
     let mut fault = || rng.random_range(0.0..0.15);
-    let faults = Faults {
-        server_error: fault(),
-        at_capacity: fault(),
-        permanent_error: fault() / 3.0,
-        timeout: fault(),
-        lost_webhook: fault(),
-        duplicate_webhook: fault(),
-        early_webhook: fault(),
-        retry_after: None,
-        timeout_after: Duration::ZERO,
-    };
-    let faults = Faults {
-        retry_after: rng
-            .random_bool(0.5)
-            .then(|| Duration::from_millis(rng.random_range(100..=3_000))),
-        timeout_after: Duration::from_millis(rng.random_range(100..=5_000)),
-        ..faults
-    };
+    // The draws happen in this order whatever the builder's argument order,
+    // so a seed keeps meaning the same world.
+    let (server_error, at_capacity, permanent_error, timeout) =
+        (fault(), fault(), fault() / 3.0, fault());
+    let (lost_webhook, duplicate_webhook, early_webhook) = (fault(), fault(), fault());
+    let retry_after = rng
+        .random_bool(0.5)
+        .then(|| Duration::from_millis(rng.random_range(100..=3_000)));
+    let timeout_after = Duration::from_millis(rng.random_range(100..=5_000));
+    let faults = Faults::default()
+        .with_server_error(server_error)
+        .with_at_capacity(at_capacity, retry_after)
+        .with_permanent_error(permanent_error)
+        .with_timeout(timeout, timeout_after)
+        .with_lost_webhook(lost_webhook)
+        .with_duplicate_webhook(duplicate_webhook)
+        .with_early_webhook(early_webhook);
     let max_latency = rng.random_range(1..=800);
     let min_duration = rng.random_range(1..=10);
-    let provider = SimulationConfig {
-        seed: rng.random(),
-        dial_latency: Duration::from_millis(0)..=Duration::from_millis(max_latency),
-        call_duration: Duration::from_secs(min_duration)
-            ..=Duration::from_secs(min_duration + rng.random_range(0..=60)),
-        outcomes: OutcomeMix {
-            completed: rng.random_range(1..=10),
-            failed: rng.random_range(0..=3),
-            busy: rng.random_range(0..=3),
-            no_answer: rng.random_range(0..=3),
-        },
-        faults,
-    };
+    let provider_seed = rng.random();
+    let call_duration = Duration::from_secs(min_duration)
+        ..=Duration::from_secs(min_duration + rng.random_range(0..=60));
+    let outcomes = OutcomeMix::zero()
+        .with_weight(ReportedStatus::Completed, rng.random_range(1..=10))
+        .with_weight(ReportedStatus::Failed, rng.random_range(0..=3))
+        .with_weight(ReportedStatus::Busy, rng.random_range(0..=3))
+        .with_weight(ReportedStatus::NoAnswer, rng.random_range(0..=3));
+    let provider = SimulationConfig::default()
+        .with_seed(provider_seed)
+        .with_dial_latency(Duration::from_millis(0)..=Duration::from_millis(max_latency))
+        .with_call_duration(call_duration)
+        .with_outcomes(outcomes)
+        .with_faults(faults);
     World {
         engine,
         provider,
@@ -163,255 +167,6 @@ fn ops_tree(seed: u64) -> impl ValueTree<Value = Vec<Op>> {
     ops_strategy()
         .new_tree(&mut runner)
         .expect("the ops strategy never rejects")
-}
-
-// ---------------------------------------------------------------------------
-// The invariant-checking store.
-
-/// What the checker remembers between store operations.
-#[derive(Default)]
-struct Checker {
-    /// Every call as it was after the previous store operation.
-    last: BTreeMap<CallId, Call>,
-    /// Every attempt ever handed out by a claim.
-    claimed: BTreeSet<AttemptRef>,
-    /// When each call last became PENDING again after an attempt.
-    pending_since: BTreeMap<CallId, DateTime<Utc>>,
-    violations: Vec<String>,
-}
-
-/// A `Store` that checks SPEC section 5's invariants around every operation
-/// of the `MemoryStore` it wraps.
-struct CheckedStore {
-    inner: MemoryStore,
-    checker: Mutex<Checker>,
-    cap: u32,
-    retry: RetryPolicy,
-    clock: TokioClock,
-}
-
-impl CheckedStore {
-    fn check(&self, what: &str) {
-        let now = self.clock.now();
-        let calls = self.inner.snapshot();
-        let mut guard = self.checker.lock().unwrap_or_else(PoisonError::into_inner);
-        let checker = &mut *guard;
-        let mut violations = Vec::new();
-        let in_progress: Vec<&Call> = calls
-            .iter()
-            .filter(|call| call.status == CallStatus::InProgress)
-            .collect();
-        if in_progress.len() > self.cap as usize {
-            violations.push(format!(
-                "after {what}: {} calls in progress, cap {}",
-                in_progress.len(),
-                self.cap
-            ));
-        }
-        let numbers: BTreeSet<&PhoneNumber> =
-            in_progress.iter().map(|call| &call.payload.to).collect();
-        if numbers.len() != in_progress.len() {
-            violations.push(format!("after {what}: two calls in progress to one number"));
-        }
-        for call in &calls {
-            if call.attempts > self.retry.max_attempts() {
-                violations.push(format!(
-                    "after {what}: call {} has {} attempts, max {}",
-                    call.id,
-                    call.attempts,
-                    self.retry.max_attempts()
-                ));
-            }
-            let Some(before) = checker.last.get(&call.id) else {
-                continue;
-            };
-            if before.status.is_terminal() && before != call {
-                violations.push(format!(
-                    "after {what}: terminal call {} changed: {before:?} -> {call:?}",
-                    call.id
-                ));
-            }
-            // A 429 gives the attempt back: the re-dial reuses its number (and
-            // idempotency key), so it may be claimed again.
-            let given_back = before.status == CallStatus::InProgress
-                && call.status == CallStatus::Pending
-                && call.attempts + 1 == before.attempts;
-            if given_back {
-                checker.claimed.remove(&before.current_attempt());
-            }
-            // A re-enqueue after a failed attempt must respect the back-off.
-            let retried = before.status == CallStatus::InProgress
-                && call.status == CallStatus::Pending
-                && call.attempts == before.attempts;
-            if retried {
-                let earliest = now + self.retry.min_delay(call.attempts);
-                let earliest = earliest - chrono::TimeDelta::milliseconds(1);
-                if call.next_attempt_at.is_none_or(|at| at < earliest) {
-                    violations.push(format!(
-                        "after {what}: call {} re-enqueued at {:?}, before its back-off {earliest}",
-                        call.id, call.next_attempt_at
-                    ));
-                }
-            }
-            if call.status == CallStatus::Pending && before.status != CallStatus::Pending {
-                checker.pending_since.insert(call.id, now);
-            }
-            // A PENDING call past its deadline expires promptly (rule 7),
-            // counted from when it became PENDING (a retry may land past it).
-            let pending_since = checker.pending_since.get(&call.id).copied();
-            let deadline = call
-                .expires_at
-                .map(|at| pending_since.map_or(at, |since| at.max(since)));
-            if call.status == CallStatus::Pending
-                && deadline.is_some_and(|at| at + chrono::TimeDelta::seconds(2) < now)
-            {
-                violations.push(format!(
-                    "after {what}: call {} still PENDING 2 s past its expiresAt",
-                    call.id
-                ));
-            }
-        }
-        checker.last = calls.into_iter().map(|call| (call.id, call)).collect();
-        checker.violations.extend(violations);
-    }
-
-    fn check_claimed(&self, request: &ClaimRequest, claimed: &[Call]) {
-        let mut checker = self.checker.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut violations = Vec::new();
-        for call in claimed {
-            if !checker.claimed.insert(call.current_attempt()) {
-                violations.push(format!("attempt {} claimed twice", call.current_attempt()));
-            }
-            match checker.last.get(&call.id) {
-                Some(before) => {
-                    if before.status != CallStatus::Pending {
-                        violations.push(format!("claimed {} while {}", call.id, before.status));
-                    }
-                    if before.due_at() > request.now {
-                        violations.push(format!(
-                            "claimed {} at {} before it was due at {}",
-                            call.id,
-                            request.now,
-                            before.due_at()
-                        ));
-                    }
-                    if before.expires_at.is_some_and(|at| at <= request.now) {
-                        violations.push(format!("claimed {} after it expired", call.id));
-                    }
-                }
-                None => violations.push(format!("claimed unknown call {}", call.id)),
-            }
-        }
-        checker.violations.extend(violations);
-    }
-
-    fn check_settled(&self, attempt: AttemptRef, settled: &Settled) {
-        let mut checker = self.checker.lock().unwrap_or_else(PoisonError::into_inner);
-        if let (Settled::Applied(_), Some(before)) = (settled, checker.last.get(&attempt.call_id)) {
-            if before.status != CallStatus::InProgress || before.attempts != attempt.attempt {
-                let message = format!(
-                    "attempt {attempt} settled a call that was {} at attempt {}",
-                    before.status, before.attempts
-                );
-                checker.violations.push(message);
-            }
-        }
-    }
-
-    fn violations(&self) -> Vec<String> {
-        let checker = self.checker.lock().unwrap_or_else(PoisonError::into_inner);
-        checker.violations.clone()
-    }
-}
-
-#[async_trait]
-impl Store for CheckedStore {
-    async fn create(
-        &self,
-        id: CallId,
-        new: &NewCall,
-        now: DateTime<Utc>,
-    ) -> Result<Created, StoreError> {
-        let created = self.inner.create(id, new, now).await;
-        self.check("create");
-        created
-    }
-
-    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
-        self.inner.get(id).await
-    }
-
-    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
-        let updated = self.inner.update_payload(id, patch).await;
-        self.check("update_payload");
-        updated
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        self.inner.list(query).await
-    }
-
-    async fn counts(&self) -> Result<StatusCounts, StoreError> {
-        self.inner.counts().await
-    }
-
-    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        let claimed = self.inner.claim(request).await?;
-        self.check_claimed(request, &claimed);
-        self.check("claim");
-        Ok(claimed)
-    }
-
-    async fn record_dial(
-        &self,
-        attempt: AttemptRef,
-        provider_call_id: &str,
-    ) -> Result<bool, StoreError> {
-        let recorded = self.inner.record_dial(attempt, provider_call_id).await;
-        self.check("record_dial");
-        recorded
-    }
-
-    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
-        self.inner.find_attempt(provider_call_id).await
-    }
-
-    async fn settle(
-        &self,
-        attempt: AttemptRef,
-        settlement: Settlement,
-    ) -> Result<Settled, StoreError> {
-        let settled = self.inner.settle(attempt, settlement).await?;
-        self.check_settled(attempt, &settled);
-        self.check("settle");
-        Ok(settled)
-    }
-
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
-        let expired = self.inner.expire_due(now).await;
-        self.check("expire_due");
-        expired
-    }
-
-    async fn stale_attempts(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<AttemptRef>, StoreError> {
-        self.inner.stale_attempts(now, limit).await
-    }
-
-    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.inner.next_timer(now).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.subscribe()
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -505,8 +260,12 @@ impl Run {
                         to: Some(phone(&self.world, *number)),
                         ..PayloadPatch::default()
                     };
-                    // A call that is no longer PENDING refuses the patch; that is expected.
-                    let _ = self.engine.update_call(*id, &patch).await;
+                    // A call that is no longer PENDING refuses the patch:
+                    // expected, and the only error allowed.
+                    match self.engine.update_call(*id, &patch).await {
+                        Ok(_) | Err(EngineError::Conflict { .. }) => {}
+                        Err(error) => panic!("PATCH of {id} failed: {error:?}"),
+                    }
                 }
             }
             Op::Crash => {
@@ -533,7 +292,7 @@ impl Run {
     }
 
     fn trace_line(&self, label: &str) -> String {
-        let calls = self.store.inner.snapshot();
+        let calls = self.store.inner().snapshot();
         let summary: Vec<String> = calls
             .iter()
             .map(|call| {
@@ -579,13 +338,14 @@ fn run(seed: u64, ops: &[Op]) -> Outcome {
 async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
     let world = world(seed);
     let clock = TokioClock::starting_at(origin());
-    let store = Arc::new(CheckedStore {
-        inner: MemoryStore::new(),
-        checker: Mutex::new(Checker::default()),
-        cap: world.engine.max_concurrent_calls,
-        retry: world.engine.retry.clone(),
-        clock: clock.clone(),
-    });
+    let store = Arc::new(CheckedStore::for_engine(
+        MemoryStore::new(),
+        EngineRules {
+            cap: world.engine.max_concurrent_calls,
+            retry: world.engine.retry.clone(),
+            clock: clock.clone(),
+        },
+    ));
     let provider = SimulatedProvider::new(world.provider.clone());
     let engine = build_engine(&world, &store, &provider, &clock, seed);
     let mut run = Run {
@@ -626,7 +386,7 @@ async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
         if waited > horizon {
             let stuck: Vec<String> = run
                 .store
-                .inner
+                .inner()
                 .snapshot()
                 .into_iter()
                 .filter(|call| !call.status.is_terminal())
