@@ -17,7 +17,7 @@ use orchestrator_core::CallId;
 use serde_json::{Map, Value};
 
 use crate::problem::{ApiError, FieldError};
-use crate::router::AppState;
+use crate::state::AppState;
 
 /// The raw request body, within the configured size limit.
 #[derive(Debug)]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use orchestrator_http::mock_provider::{self, MockProvider, MockProviderConfig, OutcomeMixArg};
+use orchestrator_http::server::mock_provider::{
+    self, MockProvider, MockProviderConfig, OutcomeMixArg,
+};
 use orchestrator_http::WebhookSecret;
 use tracing_subscriber::EnvFilter;
 
@@ -105,7 +107,12 @@ async fn run() -> anyhow::Result<()> {
         signed_webhooks = signed,
         "mock provider listening"
     );
-    mock_provider::serve(listener, &mock, orchestrator_http::app::shutdown_signal()).await?;
+    mock_provider::serve(
+        listener,
+        &mock,
+        orchestrator_http::server::shutdown_signal(),
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use orchestrator_http::app;
-use orchestrator_http::config::{Cli, Command, Config, LogFormat};
+use orchestrator_http::server;
+use orchestrator_http::server::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -41,11 +41,11 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_settings(cli.settings)?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => app::migrate(&config).await.context("migrate failed"),
+        Command::Migrate => server::migrate(&config).await.context("migrate failed"),
         Command::Serve => {
-            let running = app::start(config).await.context("could not start")?;
+            let running = server::start(config).await.context("could not start")?;
             running
-                .run_until(orchestrator_http::app::shutdown_signal())
+                .run_until(server::shutdown_signal())
                 .await
                 .context("server failed")?;
             tracing::info!("stopped");

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::simulated::OutcomeMix;
 use orchestrator_core::EngineConfig;
-use orchestrator_http::app::{self, Running};
-use orchestrator_http::config::{Config, LogFormat, ProviderSettings};
-use orchestrator_http::mock_provider::{MockProvider, MockProviderConfig};
+use orchestrator_http::server::config::{Config, LogFormat, ProviderSettings};
+use orchestrator_http::server::mock_provider::{MockProvider, MockProviderConfig};
+use orchestrator_http::server::{self as app, Running};
 use orchestrator_http::WebhookSecret;
 use reqwest::Url;
 use serde_json::{json, Value};
@@ -39,7 +39,8 @@ async fn mock_provider() -> (MockProvider, Url) {
     let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
     let serving = mock.clone();
     tokio::spawn(async move {
-        orchestrator_http::mock_provider::serve(listener, &serving, std::future::pending()).await
+        orchestrator_http::server::mock_provider::serve(listener, &serving, std::future::pending())
+            .await
     });
     (mock, url)
 }

@@ -4,6 +4,7 @@
 //! sockets with the mock provider.
 
 mod calls;
+#[cfg(feature = "server")]
 mod end_to_end;
 mod http_provider;
 mod malformed;

@@ -79,13 +79,46 @@ async fn metrics_are_prometheus_text_when_asked() {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }
-        // The engine's series, from the process-wide recorder.
+        // The engine's series, from the recorder whose handle the router was given.
         assert!(
             text.contains("orchestrator_dials_total{outcome=\"accepted\"}"),
             "{text}"
         );
         assert!(text.contains("orchestrator_calls_created_total"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn without_a_metrics_handle_prometheus_text_has_the_store_gauges_only() {
+    let app = TestApp::without_metrics();
+    app.create("+966501234567").await;
+    app.dispatch().await;
+    let json = app.get("/metrics").await;
+    assert_eq!(json.body["IN_PROGRESS"], 1, "{}", json.text);
+    let reply = app
+        .send(
+            request(Method::GET, "/metrics")
+                .header(header::ACCEPT, "text/plain")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .text
+            .lines()
+            .any(|l| l == "orchestrator_slots_in_use 1"),
+        "{}",
+        reply.text
+    );
+    // The engine's series belong to whoever installed the recorder; this
+    // router was not given its handle.
+    assert!(
+        !reply.text.contains("orchestrator_dials_total"),
+        "{}",
+        reply.text
+    );
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Handlers of the `/calls` resource (SPEC section 2).
+//! Handlers of the `/calls` resource.
 //!
 //! Bodies are read field by field ([`Fields`]): unknown members are
 //! rejected with 400 naming them, because a misspelt optional field (say
@@ -18,7 +18,8 @@ use orchestrator_core::{Call, CallPayload, CallStatus, NewCall, PayloadPatch, Ph
 
 use crate::extract::{CallIdPath, Fields, JsonObject, Presence, QueryPairs};
 use crate::problem::{ApiError, FieldError};
-use crate::router::{record_call_id, AppState};
+use crate::state::AppState;
+use crate::telemetry::record_call_id;
 
 /// The request header carrying a client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

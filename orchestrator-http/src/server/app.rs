@@ -17,11 +17,12 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-#[cfg(feature = "postgres")]
-use crate::config::redact_url;
-use crate::config::Config;
 use crate::provider::{HttpProvider, HttpProviderConfig, HttpProviderError};
-use crate::router::{router, AppState};
+use crate::router::router;
+#[cfg(feature = "postgres")]
+use crate::server::config::redact_url;
+use crate::server::config::Config;
+use crate::state::AppState;
 
 /// How often the Prometheus recorder's histograms are drained between scrapes,
 /// so that memory stays bounded when nobody scrapes.
@@ -253,7 +254,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         signed_webhooks = config.webhook_secret.is_some(),
         "orchestrator listening"
     );
-    let state = AppState::new(orchestrator.clone()).with_webhook_secret(config.webhook_secret);
+    let mut state = AppState::new(orchestrator.clone()).with_webhook_secret(config.webhook_secret);
+    if let Some(handle) = crate::metrics::prometheus_recorder() {
+        state = state.with_metrics(handle);
+    }
     let engine = orchestrator.start();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -1,4 +1,5 @@
-//! `POST /callbacks/call-status`: the provider's webhook (SPEC section 4).
+//! `POST /callbacks/call-status`: the provider's webhook, by which it reports
+//! how a call it placed ended.
 //!
 //! Order of checks: the Standard Webhooks signature first, on the raw bytes
 //! (when a secret is configured), so an unauthenticated sender learns
@@ -23,7 +24,8 @@ use serde_json::json;
 
 use crate::extract::{parse_object, Fields, Presence, QueryPairs, RawBody};
 use crate::problem::{ApiError, FieldError};
-use crate::router::{record_call_id, AppState};
+use crate::state::AppState;
+use crate::telemetry::record_call_id;
 use orchestrator_core::validate::validate_provider_call_id;
 
 /// Settles one webhook; see the module documentation for the answers.
@@ -94,7 +96,8 @@ fn attempt_hint(query: &QueryPairs) -> Result<Option<AttemptRef>, ApiError> {
         .and_then(|(call_id, attempt)| parse_webhook_query(call_id, attempt)))
 }
 
-/// The webhook body of SPEC section 4.
+/// The webhook body: `{"callId": "<provider id>", "status": "COMPLETED" | "FAILED" |
+/// "BUSY" | "NO_ANSWER", "durationSec"?: 42, "completedAt"?: "2025-07-20T10:00:42Z"}`.
 fn status_report(body: &[u8]) -> Result<StatusReport, ApiError> {
     let mut fields = Fields::new(parse_object(body)?);
     let provider_call_id = fields.parsed("callId", Presence::Required, |raw| {
