@@ -30,7 +30,7 @@ async fn mock_provider() -> (MockProvider, Url) {
             no_answer: 0,
         },
         webhook_secret: Some(SECRET.parse().unwrap()),
-        api_key: Some("sk-e2e".to_owned()),
+        api_key: Some("sk-e2e".parse().unwrap()),
         seed: 11,
         ..MockProviderConfig::default()
     })
@@ -47,6 +47,7 @@ async fn mock_provider() -> (MockProvider, Url) {
 
 /// The orchestrator on 127.0.0.1:0 over `database_url` (memory when `None`).
 pub async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Running {
+    let database_url = database_url.map(|url| url.parse().expect("a PostgreSQL URL"));
     let secret: WebhookSecret = SECRET.parse().unwrap();
     let config = Config {
         database_url,
@@ -58,7 +59,7 @@ pub async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Ru
         },
         provider: Some(ProviderSettings {
             base_url: provider_url,
-            api_key: Some("sk-e2e".to_owned()),
+            api_key: Some("sk-e2e".parse().unwrap()),
             timeout: Duration::from_secs(5),
         }),
         public_base_url: None,
