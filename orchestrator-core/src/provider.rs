@@ -77,6 +77,7 @@ pub enum DialError {
 
 /// The outcome a provider reports in its webhook (SPEC section 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReportedStatus {
     /// The call took place.

@@ -32,6 +32,7 @@ use orchestrator_core::store::StoreError;
 use orchestrator_core::validate::Invalid;
 use orchestrator_core::EngineError;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::signature::SignatureError;
 
@@ -65,7 +66,7 @@ pub mod types {
 }
 
 /// One field at fault.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     /// The field: a JSON member (`scriptId`), query parameter (`pageSize`),
     /// path parameter (`id`) or header (`Idempotency-Key`).
@@ -91,10 +92,19 @@ impl From<Invalid> for FieldError {
 }
 
 /// An RFC 9457 problem details document, as this API writes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/validation",
+    "title": "Invalid request",
+    "status": 400,
+    "detail": "scriptId: is required",
+    "errors": [{"field": "scriptId", "message": "is required"}]
+}))]
 pub struct Problem {
-    /// The problem type, a URI reference (see [`types`]).
+    /// The problem type, a URI reference relative to the server, or
+    /// `about:blank` when the status says it all.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/validation")]
     pub problem_type: String,
     /// Short, human-readable summary of the problem type.
     pub title: String,

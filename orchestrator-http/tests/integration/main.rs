@@ -9,5 +9,6 @@ mod end_to_end;
 mod http_provider;
 mod malformed;
 mod metrics_and_health;
+mod openapi;
 mod support;
 mod webhook;
