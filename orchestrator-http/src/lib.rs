@@ -17,7 +17,7 @@
 //! - [`signature`]: Standard Webhooks signing and verification.
 //! - [`provider`]: [`HttpProvider`], the engine's provider over HTTP.
 //!
-//! Feature `server` (default): [`server`], the configuration, wiring and
+//! Feature `server` (default): the `server` module, the configuration, wiring and
 //! binaries; feature `postgres` (default, implies `server`): the PostgreSQL
 //! store behind `DATABASE_URL`.
 //!

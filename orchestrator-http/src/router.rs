@@ -44,7 +44,10 @@ pub fn router(state: AppState) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| telemetry::request_span(request))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                // A 5xx is logged once, with its cause, by `log_server_errors`;
+                // the answer's status is in the response line above.
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn(problem_for_bare_errors))

@@ -155,6 +155,62 @@ async fn health_is_always_200_and_ready_follows_the_store() {
     reply.problem(StatusCode::SERVICE_UNAVAILABLE);
 }
 
+#[tokio::test]
+async fn a_server_error_cause_is_logged_once() {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let broken = TestApp::with(
+        Arc::new(BrokenStore::new(Ping::Fails)),
+        Arc::new(AcceptingProvider),
+        None,
+    );
+    let reply = broken.get("/ready").await;
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+    let text = log.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("connection refused (db:5432)"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("request_id="),
+        "in the request's span: {}",
+        lines[0]
+    );
+}
+
+/// A log written to memory.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn requests_that_outlast_the_timeout_get_a_503_problem() {
     let limits = Limits {
