@@ -61,7 +61,7 @@ use crate::problem::{FieldError, Problem};
 )]
 pub struct ApiDoc;
 
-/// The document as JSON.
+/// The OpenAPI document.
 #[must_use]
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()

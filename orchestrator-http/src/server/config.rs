@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
 use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use orchestrator_core::retry::RetryPolicyError;
 use orchestrator_core::{EngineConfig, RedialPolicy, RetryPolicy};
 use reqwest::Url;
@@ -171,17 +171,28 @@ pub struct Settings {
 
 /// Parses the command line and the environment into `P`, exiting with
 /// clap's message (naming the flag and variable at fault) on a bad value.
-///
 /// An environment variable set to the empty string counts as unset, so
 /// `DATABASE_URL=` means the in-memory store and `PORT=` the default port,
 /// rather than an invalid value.
 #[must_use]
 pub fn parse_args<P: Parser>() -> P {
+    try_parse_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
+}
+
+/// Parses `args` (the program name first) and the environment into `P`, as
+/// [`parse_args`] does, but returns clap's error instead of exiting.
+///
+/// # Errors
+/// clap's error, naming the flag and variable at fault.
+pub fn try_parse_from<P, I, T>(args: I) -> Result<P, clap::Error>
+where
+    P: Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
     let mut command = without_empty_env(P::command(), |name| std::env::var_os(name));
-    let parsed = command
-        .try_get_matches_from_mut(std::env::args_os())
-        .and_then(|matches| P::from_arg_matches(&matches));
-    parsed.unwrap_or_else(|error| error.format(&mut command).exit())
+    let matches = command.try_get_matches_from_mut(args)?;
+    P::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
 }
 
 /// `command` without the environment variables `lookup` finds empty.
@@ -498,25 +509,10 @@ impl Config {
     }
 }
 
-impl Cli {
-    /// Parses `args` (the program name first) with the process's environment,
-    /// as [`parse_args`] does, but returns clap's error instead of exiting.
-    ///
-    /// # Errors
-    /// clap's error, naming the flag and variable at fault.
-    pub fn try_parse_with<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<OsString> + Clone,
-    {
-        let mut command = without_empty_env(Self::command(), |name| std::env::var_os(name));
-        let matches = command.try_get_matches_from_mut(args)?;
-        Self::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
     #[derive(Debug)]
@@ -528,7 +524,7 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<Config, Refused> {
-        let cli = Cli::try_parse_with(std::iter::once("orchestrator").chain(args.iter().copied()))
+        let cli: Cli = try_parse_from(std::iter::once("orchestrator").chain(args.iter().copied()))
             .map_err(|error| Refused::Clap(error.to_string()))?;
         Config::from_settings(cli.settings).map_err(Refused::Config)
     }
