@@ -120,7 +120,7 @@ pub struct Settings {
     )]
     pub max_concurrent_calls: NonZeroU32,
     /// Dials before a call fails.
-    #[arg(long, env = "MAX_ATTEMPTS", default_value = "3", global = true)]
+    #[arg(long, env = "MAX_ATTEMPTS", default_value = "3", value_parser = at_least_one::<NonZeroU32>, global = true)]
     pub max_attempts: NonZeroU32,
     /// Back-off after the first failed attempt (doubles per attempt): seconds, or e.g. 250ms, 10m.
     #[arg(long, env = "BASE_RETRY_SECONDS", default_value = "30", value_parser = positive_duration, global = true)]
@@ -155,6 +155,7 @@ pub struct Settings {
         long,
         env = "PROVIDER_TIMEOUT_MS",
         default_value = "10000",
+        value_parser = at_least_one::<NonZeroU64>,
         global = true
     )]
     pub provider_timeout_ms: NonZeroU64,
@@ -256,6 +257,13 @@ where
         let text = value.to_str().ok_or_else(|| refused(&"not valid UTF-8"))?;
         text.parse::<T>().map_err(|error| refused(&error))
     }
+}
+
+/// A whole number of at least 1, as `T` (`NonZeroU32`, `NonZeroU64`).
+fn at_least_one<T: FromStr>(raw: &str) -> Result<T, String> {
+    raw.trim()
+        .parse::<T>()
+        .map_err(|_| "must be a whole number of at least 1".to_owned())
 }
 
 /// Parses a duration: a number of seconds, fractions allowed (`30`, `0.2`),
