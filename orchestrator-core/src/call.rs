@@ -12,6 +12,7 @@ use crate::phone::PhoneNumber;
 
 /// A call's identifier: a UUID, version 7 (time-ordered) when we mint it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct CallId(pub Uuid);
 
@@ -49,6 +50,7 @@ impl FromStr for CallId {
 ///
 /// `COMPLETED`, `FAILED` and `EXPIRED` are terminal: nothing changes a terminal call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CallStatus {
     /// Waiting to be dialled (new, or re-enqueued with back-off).
@@ -120,22 +122,27 @@ impl FromStr for CallStatus {
 
 /// What to dial: the number, the script, and free-form metadata passed through to the provider.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CallPayload {
     /// The callee, canonical E.164.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "+966501234567"))]
     pub to: PhoneNumber,
     /// Identifier of the call script / flow at the provider.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "welcomeFlow"))]
     pub script_id: ScriptId,
     /// A JSON object passed through to the provider untouched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Metadata>,
 }
 
-/// One call, as stored. JSON shape of SPEC section 1 (camelCase, RFC 3339 UTC timestamps).
+/// One call, as stored and as the API shows it (camelCase, RFC 3339 UTC timestamps).
 ///
 /// Timestamps have microsecond precision (what PostgreSQL keeps), so every store
 /// returns the same values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Call {
     /// Primary key.

@@ -81,6 +81,7 @@ pub enum DialError {
 
 /// The outcome a provider reports in its webhook.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReportedStatus {
     /// The call took place.

@@ -56,6 +56,7 @@ pub struct Created {
 
 /// One page of [`Store::list`]. Pages count from 1.
 #[derive(Clone, Debug, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Page {
     /// The calls on this page, newest first.

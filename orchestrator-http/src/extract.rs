@@ -25,7 +25,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::error::Category;
 
 use crate::problem::{ApiError, FieldError};
-use crate::router::AppState;
+use crate::state::AppState;
 
 /// The raw request body, within the configured size limit.
 #[derive(Debug)]

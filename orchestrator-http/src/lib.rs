@@ -1,17 +1,25 @@
 //! # orchestrator-http
 //!
-//! The HTTP face of the call orchestrator: the API of SPEC section 2 on axum,
-//! the provider webhook, the HTTP provider client, the `orchestrator` and
-//! `mock-provider` binaries' logic.
+//! The HTTP face of the call orchestrator: the client API on axum, the
+//! provider's webhook, the HTTP provider client, and (feature `server`) the
+//! `orchestrator` and `mock-provider` binaries' logic.
 //!
-//! - [`router`](mod@router): [`router()`](fn@router::router) over an [`AppState`]; layers.
+//! Embeddable part, in reading order:
+//!
+//! - [`state`]: [`AppState`] (engine, webhook secret, metrics handle) and [`Limits`].
 //! - [`problem`]: RFC 9457 problem documents and the one error mapping.
 //! - [`extract`]: extractors whose rejections are problem documents.
-//! - [`calls`], [`webhook`], [`metrics`]: the handlers.
+//! - [`routes`]: the handlers ([`routes::calls`], [`routes::webhook`],
+//!   [`routes::ops`]) and [`routes::operations`], the list of what the API serves.
+//! - [`router()`]: the routes over an [`AppState`], with their layers.
+//! - [`openapi`]: the OpenAPI 3.1 document served at `/openapi.json`.
+//! - [`metrics`]: the Prometheus exposition and the recorder for the engine's series.
 //! - [`signature`]: Standard Webhooks signing and verification.
-//! - [`provider`]: [`HttpProvider`], the provider contract of SPEC section 3.
-//! - [`config`], [`app`]: the `orchestrator` binary's configuration and wiring.
-//! - [`mock_provider`]: the `mock-provider` binary's server.
+//! - [`provider`]: [`HttpProvider`], the engine's provider over HTTP.
+//!
+//! Feature `server` (default): the `server` module, the configuration, wiring and
+//! binaries; feature `postgres` (default, implies `server`): the PostgreSQL
+//! store behind `DATABASE_URL`.
 //!
 //! Input policy: the client API (`/calls`) is strict, it rejects unknown
 //! body members and query parameters with 400 naming them, since a misspelt
@@ -20,19 +28,21 @@
 //! query parameters are ignored, any `Content-Type` is read as JSON) and
 //! strict about what it settles (status, types, timestamps, signature).
 
-pub mod app;
-pub mod calls;
-pub mod config;
 pub mod extract;
 pub mod metrics;
-pub mod mock_provider;
+pub mod openapi;
 pub mod problem;
 pub mod provider;
-pub mod router;
+mod router;
+pub mod routes;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod signature;
-pub mod webhook;
+pub mod state;
+mod telemetry;
 
 pub use problem::{ApiError, FieldError, Problem};
 pub use provider::{HttpProvider, HttpProviderConfig};
-pub use router::{router, AppState, Limits};
+pub use router::{router, API_PREFIX};
 pub use signature::WebhookSecret;
+pub use state::{AppState, Limits};

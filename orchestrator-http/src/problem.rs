@@ -16,9 +16,11 @@
 //! (`Idempotency-Key`, `webhook-signature`).
 //!
 //! [`ApiError::parts`] is the one mapping from an error to its status, problem
-//! type and title. A 5xx never carries internals: its cause is logged once,
-//! here, and the client gets a generic detail.
+//! type and title. A 5xx never carries internals: the client gets a generic
+//! detail, and the cause is logged once, by the [`log_server_errors`] layer.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -30,6 +32,7 @@ use orchestrator_core::store::StoreError;
 use orchestrator_core::validate::Invalid;
 use orchestrator_core::EngineError;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::signature::SignatureError;
 
@@ -63,7 +66,7 @@ pub mod types {
 }
 
 /// One field at fault.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FieldError {
     /// The field: a JSON member (`scriptId`), query parameter (`pageSize`),
     /// path parameter (`id`) or header (`Idempotency-Key`).
@@ -89,10 +92,19 @@ impl From<Invalid> for FieldError {
 }
 
 /// An RFC 9457 problem details document, as this API writes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "type": "/problems/validation",
+    "title": "Invalid request",
+    "status": 400,
+    "detail": "scriptId: is required",
+    "errors": [{"field": "scriptId", "message": "is required"}]
+}))]
 pub struct Problem {
-    /// The problem type, a URI reference (see [`types`]).
+    /// The problem type, a URI reference relative to the server, or
+    /// `about:blank` when the status says it all.
     #[serde(rename = "type")]
+    #[schema(example = "/problems/validation")]
     pub problem_type: String,
     /// Short, human-readable summary of the problem type.
     pub title: String,
@@ -283,15 +295,10 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
+    /// The problem document, with the headers its status calls for. Pure: a
+    /// server error's cause rides along in the response's extensions, for
+    /// [`log_server_errors`] to log once.
     fn into_response(self) -> Response {
-        // The one place a server-side cause is logged; the client sees a generic detail.
-        match &self {
-            ApiError::StoreUnavailable(source) => {
-                tracing::warn!(error = %source, "store unavailable");
-            }
-            ApiError::Internal(source) => tracing::error!(error = %source, "internal error"),
-            _ => {}
-        }
         let mut response = self.to_problem().into_response();
         match &self {
             // RFC 9110 section 15.5.2: a 401 carries a challenge. Standard
@@ -310,7 +317,52 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        if response.status().is_server_error() {
+            response
+                .extensions_mut()
+                .insert(ServerError(Arc::new(self)));
+        }
         response
+    }
+}
+
+/// A server error whose cause is to be logged, on its way from
+/// [`ApiError::into_response`] to [`log_server_errors`].
+#[derive(Clone, Debug)]
+struct ServerError(Arc<ApiError>);
+
+/// Middleware: logs the cause of every 5xx [`ApiError`] answer, once, in the
+/// request's span. The client got a generic detail; the log has the chain of
+/// causes. Store outages and timeouts are warnings (they pass), anything else
+/// an error.
+pub async fn log_server_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(ServerError(error)) = response.extensions().get::<ServerError>() {
+        let cause = ErrorChain(error.as_ref());
+        match error.as_ref() {
+            ApiError::StoreUnavailable(_) | ApiError::Timeout(_) => {
+                tracing::warn!(error = %cause, status = response.status().as_u16(), "request failed");
+            }
+            _ => {
+                tracing::error!(error = %cause, status = response.status().as_u16(), "request failed")
+            }
+        }
+    }
+    response
+}
+
+/// An error and its sources, joined by `": "`, each printed once.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }
 

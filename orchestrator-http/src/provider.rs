@@ -1,11 +1,16 @@
-//! `HttpProvider`: the provider contract of SPEC section 3 over HTTP (reqwest, rustls).
+//! `HttpProvider`: the engine's [`Provider`] over HTTP (reqwest, rustls): how we
+//! ask the AI-call provider to place a call, and how its answer is classified.
 //!
 //! ```text
 //! POST {base}/api/v1/calls
 //! Authorization: Bearer {api key}            (when configured)
-//! Idempotency-Key: {callId}:{attempt}
+//! Idempotency-Key: {callId}:{attempt}        (the same if this very attempt is re-sent)
 //! {"to", "scriptId", "metadata", "webhookUrl": "{public}/callbacks/call-status?callId=..&attempt=.."}
+//! → 2xx (202 expected) {"callId": "<the provider's id for the call>"}
 //! ```
+//!
+//! The `callId` and `attempt` in `webhookUrl` let a webhook that arrives
+//! before the provider's answer was recorded still find its attempt.
 //!
 //! | answer | classification |
 //! |---|---|
@@ -17,14 +22,17 @@
 //! | timeout | retryable, `"provider timeout"` |
 //! | connection or other transport error | retryable, `"provider unreachable"` / `"provider request failed"` |
 
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::HeaderValue;
 use orchestrator_core::provider::webhook_query;
 use orchestrator_core::validate::validate_provider_call_id;
 use orchestrator_core::{DialError, DialRequest, Dialled, Provider};
 use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 /// Longest `Retry-After` honoured; longer waits are cut to this, so a
@@ -35,13 +43,52 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Most characters of an error body quoted in `lastError`.
 const MAX_QUOTED_CHARS: usize = 200;
 
+/// A provider API key: one or more visible ASCII characters (no spaces), so
+/// that it can be sent as `Authorization: Bearer {key}`. Held as a secret:
+/// its `Debug` output never shows it.
+#[derive(Clone, Debug)]
+pub struct ApiKey(SecretString);
+
+/// A string that cannot be an [`ApiKey`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an API key must be one or more visible ASCII characters, without spaces")]
+pub struct BadApiKey;
+
+impl FromStr for ApiKey {
+    type Err = BadApiKey;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(BadApiKey);
+        }
+        Ok(Self(SecretString::from(s)))
+    }
+}
+
+impl ApiKey {
+    /// The key itself, to send or compare.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// `Bearer {key}`, marked sensitive so that HTTP libraries neither log
+    /// nor compress-index it.
+    #[must_use]
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.expose())).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+}
+
 /// How to reach the provider.
 #[derive(Clone, Debug)]
 pub struct HttpProviderConfig {
     /// The provider's base URL (`PROVIDER_BASE_URL`); `/api/v1/calls` is appended.
     pub base_url: Url,
     /// Sent as `Authorization: Bearer {key}` when set (`PROVIDER_API_KEY`).
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     /// Bound on one dial request, connection to last byte (`PROVIDER_TIMEOUT_MS`).
     pub timeout: Duration,
     /// Our externally reachable base URL (`PUBLIC_BASE_URL`), for `webhookUrl`.
@@ -56,13 +103,13 @@ pub enum HttpProviderError {
     #[error("{0} must be an absolute http:// or https:// URL")]
     BadUrl(&'static str),
     /// The API key cannot be sent in a header.
-    #[error("PROVIDER_API_KEY must be visible ASCII characters")]
+    #[error("PROVIDER_API_KEY cannot be sent in a header")]
     BadApiKey,
     /// The timeout is zero.
     #[error("PROVIDER_TIMEOUT_MS must be at least 1")]
     ZeroTimeout,
     /// The HTTP client could not be built (TLS set-up).
-    #[error("the HTTP client could not be built: {0}")]
+    #[error("the HTTP client could not be built")]
     Client(#[source] reqwest::Error),
 }
 
@@ -72,7 +119,8 @@ pub struct HttpProvider {
     client: reqwest::Client,
     calls_url: Url,
     webhook_url: String,
-    authorization: Option<String>,
+    /// `Bearer {key}`, marked sensitive.
+    authorization: Option<HeaderValue>,
 }
 
 impl HttpProvider {
@@ -89,10 +137,7 @@ impl HttpProvider {
             return Err(HttpProviderError::ZeroTimeout);
         }
         let authorization = match &config.api_key {
-            Some(key) if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) => {
-                return Err(HttpProviderError::BadApiKey)
-            }
-            Some(key) => Some(format!("Bearer {key}")),
+            Some(key) => Some(key.bearer().ok_or(HttpProviderError::BadApiKey)?),
             None => None,
         };
         let client = reqwest::Client::builder()
@@ -135,7 +180,7 @@ impl HttpProvider {
             .header("idempotency-key", request.idempotency_key())
             .json(&body);
         if let Some(authorization) = &self.authorization {
-            builder = builder.header(reqwest::header::AUTHORIZATION, authorization);
+            builder = builder.header(AUTHORIZATION, authorization.clone());
         }
         builder.send().await.map_err(transport_error)
     }

@@ -14,7 +14,6 @@
 //! Verification runs on the raw body bytes before any JSON parsing, because a
 //! re-serialised body would not be the bytes that were signed.
 
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -46,11 +46,11 @@ pub const MIN_SECRET_BYTES: usize = 24;
 /// Most key bytes accepted (the specification's maximum, 512 bits).
 pub const MAX_SECRET_BYTES: usize = 64;
 
-/// A Standard Webhooks symmetric secret (`whsec_<base64>`). Its `Debug` output
-/// never shows the key.
-#[derive(Clone, PartialEq, Eq)]
+/// A Standard Webhooks symmetric secret (`whsec_<base64>`). The key is held
+/// as a secret: `Debug` output never shows it.
+#[derive(Clone, Debug)]
 pub struct WebhookSecret {
-    key: Vec<u8>,
+    key: SecretSlice<u8>,
 }
 
 /// Why a string is not a usable `whsec_` secret.
@@ -112,13 +112,9 @@ impl FromStr for WebhookSecret {
         if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&key.len()) {
             return Err(SecretError::BadLength(key.len()));
         }
-        Ok(Self { key })
-    }
-}
-
-impl fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("WebhookSecret(<redacted>)")
+        Ok(Self {
+            key: SecretSlice::from(key),
+        })
     }
 }
 
@@ -136,7 +132,8 @@ pub struct SignedHeaders {
 impl WebhookSecret {
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+        let mut mac =
+            HmacSha256::new_from_slice(self.key.expose_secret()).unwrap_or_else(|_| unreachable!());
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
@@ -341,18 +338,19 @@ mod tests {
 
     #[test]
     fn secrets_must_be_whsec_base64_of_a_sensible_length() {
+        let refused = |raw: &str| raw.parse::<WebhookSecret>().unwrap_err();
         assert_eq!(
-            "C2FVsBQIhrscChlQIMV+b5sSYspob7oD".parse::<WebhookSecret>(),
-            Err(SecretError::MissingPrefix)
+            refused("C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+            SecretError::MissingPrefix
         );
-        assert_eq!(
-            "whsec_not base64!".parse::<WebhookSecret>(),
-            Err(SecretError::NotBase64)
-        );
-        assert_eq!(
-            "whsec_dGVzdA==".parse::<WebhookSecret>(),
-            Err(SecretError::BadLength(4))
-        );
-        assert!(format!("{:?}", secret()).contains("redacted"));
+        assert_eq!(refused("whsec_not base64!"), SecretError::NotBase64);
+        assert_eq!(refused("whsec_dGVzdA=="), SecretError::BadLength(4));
+    }
+
+    #[test]
+    fn debug_output_does_not_show_the_key() {
+        let shown = format!("{:?}", secret());
+        assert!(!shown.contains("C2FVsBQIhrscChlQIMV"), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 }

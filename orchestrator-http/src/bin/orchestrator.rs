@@ -1,13 +1,12 @@
 //! The `orchestrator` binary: `serve` (the default) or `migrate`.
 //! Configuration: flags or environment variables, see `orchestrator --help`
-//! and `orchestrator_http::config`.
+//! and `orchestrator_http::server::config`.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser as _;
-use orchestrator_http::app;
-use orchestrator_http::config::{Cli, Command, Config, LogFormat};
+use orchestrator_http::server;
+use orchestrator_http::server::config::{self, Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -25,13 +24,13 @@ fn init_logging(format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = config::parse_args();
     init_logging(cli.settings.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            // One line with the whole chain of causes, without a backtrace:
-            // these are configuration and start-up errors for an operator.
+            // One line with each cause once, without a backtrace: these are
+            // configuration and start-up errors for an operator.
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
@@ -39,13 +38,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::from_settings(cli.settings)?;
+    let config = Config::from_settings(cli.settings).context("invalid configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => app::migrate(&config).await.context("migrate failed"),
+        Command::Migrate => server::migrate(&config).await.context("migrate failed"),
         Command::Serve => {
-            let running = app::start(config).await.context("could not start")?;
+            let running = server::start(config).await.context("could not start")?;
             running
-                .run_until(orchestrator_http::app::shutdown_signal())
+                .run_until(server::shutdown_signal())
                 .await
                 .context("server failed")?;
             tracing::info!("stopped");

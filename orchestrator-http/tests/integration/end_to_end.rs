@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::simulated::OutcomeMix;
 use orchestrator_core::{EngineConfig, ReportedStatus};
-use orchestrator_http::app::{self, Running};
-use orchestrator_http::config::{Config, LogFormat, ProviderSettings};
-use orchestrator_http::mock_provider::{MockProvider, MockProviderConfig};
+use orchestrator_http::server::config::{Config, LogFormat, ProviderSettings};
+use orchestrator_http::server::mock_provider::{MockProvider, MockProviderConfig};
+use orchestrator_http::server::{self as app, Running};
 use orchestrator_http::WebhookSecret;
 use reqwest::Url;
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ async fn mock_provider() -> (MockProvider, Url) {
             .with_weight(ReportedStatus::Completed, 3)
             .with_weight(ReportedStatus::Busy, 1),
         webhook_secret: Some(SECRET.parse().unwrap()),
-        api_key: Some("sk-e2e".to_owned()),
+        api_key: Some("sk-e2e".parse().unwrap()),
         seed: 11,
         ..MockProviderConfig::default()
     })
@@ -36,13 +36,15 @@ async fn mock_provider() -> (MockProvider, Url) {
     let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
     let serving = mock.clone();
     tokio::spawn(async move {
-        orchestrator_http::mock_provider::serve(listener, &serving, std::future::pending()).await
+        orchestrator_http::server::mock_provider::serve(listener, &serving, std::future::pending())
+            .await
     });
     (mock, url)
 }
 
 /// The orchestrator on 127.0.0.1:0 over `database_url` (memory when `None`).
 pub async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Running {
+    let database_url = database_url.map(|url| url.parse().expect("a PostgreSQL URL"));
     let secret: WebhookSecret = SECRET.parse().unwrap();
     let config = Config {
         database_url,
@@ -51,7 +53,7 @@ pub async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Ru
         engine: EngineConfig::default().with_max_concurrent_calls(4),
         provider: Some(ProviderSettings {
             base_url: provider_url,
-            api_key: Some("sk-e2e".to_owned()),
+            api_key: Some("sk-e2e".parse().unwrap()),
             timeout: Duration::from_secs(5),
         }),
         public_base_url: None,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use orchestrator_core::{AttemptRef, CallId, DialError, DialRequest, PhoneNumber, Provider};
+use orchestrator_http::provider::{ApiKey, BadApiKey, HttpProviderError};
 use orchestrator_http::{HttpProvider, HttpProviderConfig};
 use reqwest::Url;
 use serde_json::{json, Value};
@@ -72,7 +73,7 @@ async fn stub(answer: Answer) -> (Url, Arc<Mutex<Vec<(HeaderMap, Value)>>>) {
 fn provider(base_url: Url, api_key: Option<&str>, timeout: Duration) -> HttpProvider {
     HttpProvider::new(HttpProviderConfig {
         base_url,
-        api_key: api_key.map(str::to_owned),
+        api_key: api_key.map(|key| key.parse().unwrap()),
         timeout,
         public_base_url: Url::parse("https://orchestrator.example/").unwrap(),
     })
@@ -289,13 +290,32 @@ fn bad_configuration_is_refused() {
     let url = |raw: &str| Url::parse(raw).unwrap();
     let config = |base: &str, key: Option<&str>, timeout: Duration| HttpProviderConfig {
         base_url: url(base),
-        api_key: key.map(str::to_owned),
+        api_key: key.map(|key| key.parse().unwrap()),
         timeout,
         public_base_url: url("http://127.0.0.1:8080"),
     };
-    assert!(HttpProvider::new(config("ftp://x", None, Duration::from_secs(1))).is_err());
-    assert!(HttpProvider::new(config("http://x", Some("a b"), Duration::from_secs(1))).is_err());
-    assert!(HttpProvider::new(config("http://x", None, Duration::ZERO)).is_err());
+    assert!(matches!(
+        HttpProvider::new(config("ftp://x", None, Duration::from_secs(1))),
+        Err(HttpProviderError::BadUrl("PROVIDER_BASE_URL"))
+    ));
+    assert!(matches!(
+        HttpProvider::new(config("http://x", None, Duration::ZERO)),
+        Err(HttpProviderError::ZeroTimeout)
+    ));
+    for key in ["", "a b", "k\u{e9}y", "tab\tkey"] {
+        assert_eq!(key.parse::<ApiKey>().unwrap_err(), BadApiKey, "{key:?}");
+    }
     let ok = HttpProvider::new(config("http://x/v2", Some("k"), Duration::from_secs(1))).unwrap();
     assert_eq!(ok.calls_url().as_str(), "http://x/v2/api/v1/calls");
+}
+
+#[test]
+fn the_api_key_does_not_show_in_debug_output() {
+    let provider = provider(
+        Url::parse("http://provider.test").unwrap(),
+        Some("sk-live-123"),
+        Duration::from_secs(1),
+    );
+    let shown = format!("{provider:?}");
+    assert!(!shown.contains("sk-live-123"), "{shown}");
 }

@@ -4,9 +4,11 @@
 //! sockets with the mock provider.
 
 mod calls;
+#[cfg(feature = "server")]
 mod end_to_end;
 mod http_provider;
 mod malformed;
 mod metrics_and_health;
+mod openapi;
 mod support;
 mod webhook;

@@ -79,13 +79,46 @@ async fn metrics_are_prometheus_text_when_asked() {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }
-        // The engine's series, from the process-wide recorder.
+        // The engine's series, from the recorder whose handle the router was given.
         assert!(
             text.contains("orchestrator_dials_total{outcome=\"accepted\"}"),
             "{text}"
         );
         assert!(text.contains("orchestrator_calls_created_total"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn without_a_metrics_handle_prometheus_text_has_the_store_gauges_only() {
+    let app = TestApp::without_metrics();
+    app.create("+966501234567").await;
+    app.dispatch().await;
+    let json = app.get("/metrics").await;
+    assert_eq!(json.body["IN_PROGRESS"], 1, "{}", json.text);
+    let reply = app
+        .send(
+            request(Method::GET, "/metrics")
+                .header(header::ACCEPT, "text/plain")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .text
+            .lines()
+            .any(|l| l == "orchestrator_slots_in_use 1"),
+        "{}",
+        reply.text
+    );
+    // The engine's series belong to whoever installed the recorder; this
+    // router was not given its handle.
+    assert!(
+        !reply.text.contains("orchestrator_dials_total"),
+        "{}",
+        reply.text
+    );
 }
 
 #[tokio::test]
@@ -120,6 +153,62 @@ async fn health_is_always_200_and_ready_follows_the_store() {
     }
     let reply = broken.get("/metrics").await;
     reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_server_error_cause_is_logged_once() {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let broken = TestApp::with(
+        Arc::new(BrokenStore::new(Ping::Fails)),
+        Arc::new(AcceptingProvider),
+        None,
+    );
+    let reply = broken.get("/ready").await;
+    reply.problem(StatusCode::SERVICE_UNAVAILABLE);
+    let text = log.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| line.contains("connection refused (db:5432)"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("request_id="),
+        "in the request's span: {}",
+        lines[0]
+    );
+}
+
+/// A log written to memory.
+#[derive(Clone, Default)]
+struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+    fn make_writer(&'a self) -> Log {
+        self.clone()
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -115,15 +115,25 @@ impl TestApp {
         secret: Option<WebhookSecret>,
         limits: Limits,
     ) -> Self {
-        let engine = Orchestrator::builder(store, provider)
-            .seed(7)
-            .build()
-            .expect("default engine config is valid");
-        let state = AppState::new(engine.clone())
+        let engine = engine(store, provider);
+        let mut state = AppState::new(engine.clone())
             .with_webhook_secret(secret)
             .with_limits(limits);
+        if let Some(handle) = orchestrator_http::metrics::prometheus_recorder() {
+            state = state.with_metrics(handle);
+        }
         Self {
             router: router(state),
+            engine,
+        }
+    }
+
+    /// Memory store, accepting provider, and no metrics handle: `/metrics`
+    /// knows only what it can count in the store.
+    pub fn without_metrics() -> Self {
+        let engine = engine(Arc::new(MemoryStore::new()), Arc::new(AcceptingProvider));
+        Self {
+            router: router(AppState::new(engine.clone())),
             engine,
         }
     }
@@ -179,6 +189,13 @@ impl TestApp {
     pub async fn dispatch(&self) {
         self.engine.tick().await.expect("dispatch round");
     }
+}
+
+fn engine(store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Orchestrator {
+    Orchestrator::builder(store, provider)
+        .seed(7)
+        .build()
+        .expect("default engine config is valid")
 }
 
 pub fn request(method: Method, uri: &str) -> axum::http::request::Builder {

@@ -1,7 +1,8 @@
 //! Wiring and serving: [`serve`] runs a router on a listener with graceful
 //! shutdown; [`start`] builds the whole application from a [`Config`] (store,
-//! provider, engine, HTTP server) and runs it in the background, which is
-//! what the `orchestrator` binary and the end-to-end tests use.
+//! provider, engine, metrics recorder, HTTP server) and runs it in the
+//! background, which is what the `orchestrator` binary and the end-to-end
+//! tests use.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,15 +14,16 @@ use orchestrator_core::{
     MemoryStore, Orchestrator, Provider, SimulatedProvider, SimulationConfig, Store,
 };
 use reqwest::Url;
+#[cfg(feature = "postgres")]
+use secrecy::ExposeSecret as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-#[cfg(feature = "postgres")]
-use crate::config::redact_url;
-use crate::config::Config;
 use crate::provider::{HttpProvider, HttpProviderConfig, HttpProviderError};
-use crate::router::{router, AppState};
+use crate::router::router;
+use crate::server::config::{Config, DatabaseUrl};
+use crate::state::AppState;
 
 /// How often the Prometheus recorder's histograms are drained between scrapes,
 /// so that memory stays bounded when nobody scrapes.
@@ -32,7 +34,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 #[non_exhaustive]
 pub enum AppError {
     /// The listener could not be bound.
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Bind {
         /// `BIND_HOST:PORT`.
         address: String,
@@ -40,9 +42,15 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    /// The store could not be opened or migrated.
-    #[error("the store could not be opened: {0}")]
-    Store(#[source] StoreError),
+    /// The PostgreSQL store could not be reached or migrated.
+    #[error("cannot open the PostgreSQL store at {endpoint}")]
+    Store {
+        /// `host:port` of `DATABASE_URL`.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
     /// `DATABASE_URL` is set but this build has no PostgreSQL support.
     #[error("DATABASE_URL is set but this binary was built without the `postgres` feature")]
     NoPostgres,
@@ -56,7 +64,7 @@ pub enum AppError {
     #[error(transparent)]
     Engine(#[from] orchestrator_core::config::ConfigError),
     /// The server failed while running.
-    #[error("the HTTP server failed: {0}")]
+    #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
 
@@ -150,22 +158,32 @@ impl Running {
 /// Opens the store `config` names: PostgreSQL (migrated) or memory. Returns
 /// it with a description for the logs.
 async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, String), AppError> {
-    let Some(url) = &config.database_url else {
-        return Ok((Arc::new(MemoryStore::new()), "memory".to_owned()));
+    match &config.database_url {
+        None => Ok((Arc::new(MemoryStore::new()), "memory".to_owned())),
+        Some(url) => {
+            let store = open_postgres(url).await?;
+            Ok((store, format!("postgres {url}")))
+        }
+    }
+}
+
+/// Connects to `url` and applies the migrations.
+#[cfg(feature = "postgres")]
+async fn open_postgres(url: &DatabaseUrl) -> Result<Arc<dyn Store>, AppError> {
+    let failed = |source| AppError::Store {
+        endpoint: url.endpoint(),
+        source,
     };
-    #[cfg(feature = "postgres")]
-    {
-        let store = orchestrator_pg::PgStore::connect(url)
-            .await
-            .map_err(AppError::Store)?;
-        store.migrate().await.map_err(AppError::Store)?;
-        Ok((Arc::new(store), format!("postgres {}", redact_url(url))))
-    }
-    #[cfg(not(feature = "postgres"))]
-    {
-        let _ = url;
-        Err(AppError::NoPostgres)
-    }
+    let store = orchestrator_pg::PgStore::connect(url.with_password().expose_secret())
+        .await
+        .map_err(failed)?;
+    store.migrate().await.map_err(failed)?;
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_: &DatabaseUrl) -> Result<Arc<dyn Store>, AppError> {
+    Err(AppError::NoPostgres)
 }
 
 /// Applies the PostgreSQL migrations to `config.database_url`.
@@ -173,23 +191,13 @@ async fn open_store(config: &Config) -> Result<(Arc<dyn Store>, String), AppErro
 /// # Errors
 /// [`AppError::NoDatabaseUrl`], [`AppError::NoPostgres`], [`AppError::Store`].
 pub async fn migrate(config: &Config) -> Result<(), AppError> {
-    let Some(url) = &config.database_url else {
-        return Err(AppError::NoDatabaseUrl);
-    };
-    #[cfg(feature = "postgres")]
-    {
-        let store = orchestrator_pg::PgStore::connect(url)
-            .await
-            .map_err(AppError::Store)?;
-        store.migrate().await.map_err(AppError::Store)?;
-        tracing::info!(database = %redact_url(url), "migrations applied");
-        Ok(())
-    }
-    #[cfg(not(feature = "postgres"))]
-    {
-        let _ = url;
-        Err(AppError::NoPostgres)
-    }
+    let url = config
+        .database_url
+        .as_ref()
+        .ok_or(AppError::NoDatabaseUrl)?;
+    open_postgres(url).await?;
+    tracing::info!(database = %url, "migrations applied");
+    Ok(())
 }
 
 /// Builds everything `config` describes, binds the listener, starts the
@@ -246,11 +254,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         provider = %provider_description,
         max_concurrent_calls = config.engine.max_concurrent_calls,
         max_attempts = config.engine.retry.max_attempts(),
+        redial = ?config.engine.redial,
         public_base_url = %public_base_url,
         signed_webhooks = config.webhook_secret.is_some(),
         "orchestrator listening"
     );
-    let state = AppState::new(orchestrator.clone()).with_webhook_secret(config.webhook_secret);
+    let mut state = AppState::new(orchestrator.clone()).with_webhook_secret(config.webhook_secret);
+    if let Some(handle) = crate::metrics::prometheus_recorder() {
+        state = state.with_metrics(handle);
+    }
     let engine = orchestrator.start();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

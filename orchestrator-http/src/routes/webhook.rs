@@ -1,4 +1,5 @@
-//! `POST /callbacks/call-status`: the provider's webhook (SPEC section 4).
+//! `POST /callbacks/call-status`: the provider's webhook, by which it reports
+//! how a call it placed ended.
 //!
 //! Order of checks: the Standard Webhooks signature first, on the raw bytes
 //! (when a secret is configured), so an unauthenticated sender learns
@@ -25,7 +26,8 @@ use serde_json::json;
 
 use crate::extract::{parse_json, Member, QueryPairs, RawBody, Timestamp};
 use crate::problem::{ApiError, FieldError};
-use crate::router::{record_call_id, AppState};
+use crate::state::AppState;
+use crate::telemetry::record_call_id;
 
 /// The webhook body: `{callId, status, durationSec?, completedAt?}`. Members
 /// it does not declare are ignored: providers add fields over time.

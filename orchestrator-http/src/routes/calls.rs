@@ -1,5 +1,4 @@
-//! Handlers of the `/calls` resource (SPEC section 2), and the request
-//! bodies they read.
+//! Handlers of the `/calls` resource, and the request bodies they read.
 //!
 //! Bodies are serde structs ([`CreateCallRequest`], [`UpdateCallRequest`])
 //! converted into core types with `TryFrom`, which names every field at
@@ -23,7 +22,8 @@ use serde::Deserialize;
 
 use crate::extract::{CallIdPath, JsonBody, Member, QueryPairs, Timestamp, UnknownMembers};
 use crate::problem::{ApiError, FieldError};
-use crate::router::{record_call_id, AppState};
+use crate::state::AppState;
+use crate::telemetry::record_call_id;
 
 /// The request header carrying a client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

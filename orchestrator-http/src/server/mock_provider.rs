@@ -1,5 +1,6 @@
-//! A stand-alone mock of the AI-call provider: the provider's side of SPEC
-//! sections 3 and 4, over real HTTP, for manual runs and end-to-end tests.
+//! A stand-alone mock of the AI-call provider, over real HTTP, for manual runs
+//! and end-to-end tests: it answers the dial requests [`HttpProvider`](crate::HttpProvider)
+//! sends and calls the orchestrator's webhook back as a real provider would.
 //!
 //! - `POST /api/v1/calls` answers `202 {"callId": "mock-<n>"}`, idempotent per
 //!   `Idempotency-Key` (a repeat gets the same id and starts nothing); with
@@ -29,6 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::provider::ApiKey;
 use crate::signature::WebhookSecret;
 
 /// How the mock behaves.
@@ -41,7 +43,7 @@ pub struct MockProviderConfig {
     /// Signs webhooks when set.
     pub webhook_secret: Option<WebhookSecret>,
     /// Requires `Authorization: Bearer {key}` when set.
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
     /// Fraction of dials answered 503, in `0.0..=1.0`.
     pub server_error_rate: f64,
     /// Fraction of dials answered 429, in `0.0..=1.0`.
@@ -198,7 +200,7 @@ impl MockProvider {
         let inner = &mut *inner;
         let (status, answer, planned) = 'decide: {
             if let Some(key) = &inner.config.api_key {
-                if authorization.as_deref() != Some(format!("Bearer {key}").as_str()) {
+                if authorization.as_deref() != Some(format!("Bearer {}", key.expose()).as_str()) {
                     break 'decide (
                         StatusCode::UNAUTHORIZED,
                         json!({"error": "bad api key"}),

@@ -1,0 +1,428 @@
+//! The OpenAPI 3.1 document of the API, generated with `utoipa` from the
+//! types the API reads and writes, and served at `GET /openapi.json`.
+//!
+//! Each operation of [`routes::operations`](crate::routes::operations) is
+//! described here by a `#[utoipa::path]` item; the tests check that the two
+//! lists agree and that the document validates against the OpenAPI 3.1 schema.
+//! The document's description is `API.md`, the API reference.
+
+use chrono::{DateTime, Utc};
+use orchestrator_core::{Call, CallId, CallPayload, CallStatus, Page, ReportedStatus};
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::problem::{FieldError, Problem};
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Call orchestrator API",
+        description = include_str!("../API.md"),
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    servers(
+        (url = "/", description = "Canonical paths."),
+        (url = "/api/v1", description = "The same routes, for compatibility."),
+    ),
+    paths(
+        create_call,
+        list_calls,
+        get_call,
+        update_call,
+        call_status,
+        metrics,
+        health,
+        ready,
+        openapi,
+    ),
+    components(schemas(
+        Call,
+        CallId,
+        CallPayload,
+        CallStatus,
+        Page,
+        StatusCounts,
+        NewCallBody,
+        CallPatchBody,
+        WebhookBody,
+        ReportedStatus,
+        WebhookAnswer,
+        WebhookOutcome,
+        Health,
+        Problem,
+        FieldError,
+    )),
+    tags(
+        (name = "calls", description = "Calls to place: create, read, change, list."),
+        (name = "provider", description = "What the AI-call provider sends us."),
+        (name = "operations", description = "Health, readiness, metrics, this document."),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document.
+#[must_use]
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The document, serialised.
+pub(crate) fn document_json() -> Vec<u8> {
+    // Serialising a document of plain data cannot fail; an empty body would
+    // fail the tests that parse it.
+    serde_json::to_vec(&document()).unwrap_or_default()
+}
+
+const PROBLEM_JSON: &str = crate::problem::PROBLEM_JSON;
+
+/// The body of `POST /calls`. `null` stands for an absent member.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = NewCall)]
+#[allow(dead_code)] // Only its schema is used.
+struct NewCallBody {
+    /// The number to call, in E.164 form: `+`, the country code, the
+    /// subscriber number; spaces, `-`, `.`, `(` and `)` are ignored.
+    #[schema(example = "+966501234567")]
+    to: String,
+    /// The call script / flow at the provider: 1 to 256 characters, no
+    /// control characters.
+    #[schema(example = "welcomeFlow")]
+    script_id: String,
+    /// Free-form JSON object passed to the provider untouched, at most 16 KiB.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+    /// Do not dial before this instant.
+    not_before: Option<DateTime<Utc>>,
+    /// Not dialled by this instant: the call becomes `EXPIRED`. Must be in
+    /// the future and after `notBefore`.
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// The body of `PATCH /calls/{id}`: the members to replace; members left out
+/// keep their value, `metadata` is replaced whole, `null` is refused. `{}`
+/// changes nothing.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = CallPatch)]
+#[allow(dead_code)] // Only its schema is used.
+struct CallPatchBody {
+    /// The number to call, as in `POST /calls`.
+    #[serde(default)]
+    #[schema(example = "+966501234567")]
+    to: String,
+    /// The call script, as in `POST /calls`.
+    #[serde(default)]
+    script_id: String,
+    /// The new metadata, as in `POST /calls`.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The provider's report of how a call ended. Unknown members are ignored.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = CallStatusReport)]
+#[allow(dead_code)] // Only its schema is used.
+struct WebhookBody {
+    /// The provider's id of the call, as it answered our dial request:
+    /// 1 to 512 characters, no control characters.
+    #[schema(example = "prov-8f14e45f")]
+    call_id: String,
+    /// How the call ended.
+    status: ReportedStatus,
+    /// How long the call lasted, in seconds.
+    #[schema(minimum = 0, maximum = 4_294_967_295_u64)]
+    duration_sec: Option<u64>,
+    /// When the call ended; the call's `endedAt` (now when absent).
+    completed_at: Option<DateTime<Utc>>,
+}
+
+/// What a webhook did.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // Only its schema is used.
+enum WebhookOutcome {
+    /// It settled the call's current attempt.
+    Applied,
+    /// A repeated or late webhook: nothing changed.
+    Unchanged,
+    /// It named an attempt that was never dialled: nothing changed.
+    Ignored,
+}
+
+/// The answer to a webhook.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)] // Only its schema is used.
+struct WebhookAnswer {
+    /// What the webhook did.
+    outcome: WebhookOutcome,
+    /// Our id of the call.
+    call_id: CallId,
+    /// The call's status now.
+    status: CallStatus,
+}
+
+/// Calls per status: every status present, zero-filled.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)] // Only its schema is used; the names are the wire names.
+struct StatusCounts {
+    PENDING: u64,
+    IN_PROGRESS: u64,
+    COMPLETED: u64,
+    FAILED: u64,
+    EXPIRED: u64,
+}
+
+/// A liveness or readiness answer.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Only its schema is used.
+struct Health {
+    /// `ok` (liveness) or `ready` (readiness).
+    #[schema(example = "ok")]
+    status: String,
+}
+
+/// The query of `GET /calls`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only its parameters are used.
+struct ListQuery {
+    /// Only calls in this status.
+    status: Option<CallStatus>,
+    /// Page number, from 1.
+    #[param(minimum = 1, default = 1)]
+    page: Option<u32>,
+    /// Calls per page, 1 to 100.
+    #[param(rename = "pageSize", minimum = 1, maximum = 100, default = 20)]
+    page_size: Option<u32>,
+}
+
+/// The headers of `POST /calls`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only its parameters are used.
+struct CreateHeaders {
+    /// 1 to 255 visible ASCII characters; a repeat with the same request
+    /// answers the first call.
+    #[param(rename = "Idempotency-Key", required = false)]
+    idempotency_key: String,
+}
+
+/// The Standard Webhooks headers, required when the server has a webhook secret.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only its parameters are used.
+struct SignatureHeaders {
+    /// The message id, the same on every re-send.
+    #[param(rename = "webhook-id", required = false)]
+    webhook_id: String,
+    /// When the message was sent, Unix seconds; within 5 minutes of the
+    /// server's clock either way.
+    #[param(rename = "webhook-timestamp", required = false)]
+    webhook_timestamp: i64,
+    /// One or more space-separated `v1,<base64>` signatures: HMAC-SHA256 of
+    /// `{webhook-id}.{webhook-timestamp}.{raw body}` keyed with the secret's
+    /// decoded bytes.
+    #[param(rename = "webhook-signature", required = false)]
+    webhook_signature: String,
+}
+
+/// The `callId` and `attempt` we put in the `webhookUrl`: both or neither.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only its parameters are used.
+struct WebhookQuery {
+    /// Our id of the call the provider was asked to place.
+    #[param(rename = "callId")]
+    call_id: Option<CallId>,
+    /// Which attempt of that call, from 1.
+    #[param(minimum = 1)]
+    attempt: Option<u32>,
+}
+
+/// Creates a call.
+///
+/// Stores a `PENDING` call and answers at once; the engine dials it later.
+#[utoipa::path(
+    post,
+    path = "/calls",
+    tag = "calls",
+    operation_id = "createCall",
+    params(CreateHeaders),
+    request_body(content = NewCallBody, content_type = "application/json",
+        description = "Any `application/*+json` media type is accepted too."),
+    responses(
+        (status = 201, description = "The call, created now or, for a repeated `Idempotency-Key`, before.",
+            body = Call,
+            headers(
+                ("Location" = String, description = "`/calls/{id}`."),
+                ("Idempotent-Replayed" = String, description = "`true` when the call was created by an earlier request with this key; absent otherwise."),
+            )),
+        (status = 400, description = "Invalid or malformed; `errors` names each field at fault.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "The `Idempotency-Key` was used for a different request.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn create_call() {}
+
+/// Lists calls, newest first.
+#[utoipa::path(
+    get,
+    path = "/calls",
+    tag = "calls",
+    operation_id = "listCalls",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of calls.", body = Page),
+        (status = 400, description = "A parameter is invalid or unknown, or given twice.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn list_calls() {}
+
+/// Reads one call.
+#[utoipa::path(
+    get,
+    path = "/calls/{id}",
+    tag = "calls",
+    operation_id = "getCall",
+    params(("id" = CallId, Path, description = "The call's id.")),
+    responses(
+        (status = 200, description = "The call.", body = Call),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No call has this id.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn get_call() {}
+
+/// Changes what a `PENDING` call will dial.
+#[utoipa::path(
+    patch,
+    path = "/calls/{id}",
+    tag = "calls",
+    operation_id = "updateCall",
+    params(("id" = CallId, Path, description = "The call's id.")),
+    request_body(content(
+        (CallPatchBody = "application/json"),
+        (CallPatchBody = "application/merge-patch+json"),
+    )),
+    responses(
+        (status = 200, description = "The call as changed.", body = Call),
+        (status = 400, description = "Invalid or malformed; `errors` names each field at fault.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No call has this id.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The call is not `PENDING` any more.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "The body is not JSON.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn update_call() {}
+
+/// The provider's webhook: how a call it placed ended.
+///
+/// With a webhook secret configured, the Standard Webhooks headers are required.
+#[utoipa::path(
+    post,
+    path = "/callbacks/call-status",
+    tag = "provider",
+    operation_id = "reportCallStatus",
+    params(WebhookQuery, SignatureHeaders),
+    request_body(content = WebhookBody, content_type = "application/json",
+        description = "Read as JSON whatever its `Content-Type`."),
+    responses(
+        (status = 200, description = "Settled, or repeated, late, or for an attempt never dialled: changed nothing.",
+            body = WebhookAnswer),
+        (status = 400, description = "Unknown status, wrong types, bad timestamp or query values.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "The signature is missing or wrong; `errors` names the header.",
+            body = Problem, content_type = PROBLEM_JSON,
+            headers(("WWW-Authenticate" = String, description = "`StandardWebhooks realm=\"call-status\"`."))),
+        (status = 404, description = "No call has this provider call id (nor the query's call id): retry later.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn call_status() {}
+
+/// Call counts per status, as JSON or as Prometheus text.
+///
+/// JSON unless `Accept` prefers `text/plain` or `application/openmetrics-text`
+/// (as a Prometheus scraper does); then the Prometheus text format 0.0.4:
+/// gauges `orchestrator_calls{status}`, `orchestrator_slots_in_use`,
+/// `orchestrator_slots_max`, and the engine's counters and histograms when
+/// the server exports them.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "The counts.", content(
+            (StatusCounts = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn metrics() {}
+
+/// Liveness: the process is up.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    responses((status = 200, description = "Always.", body = Health, example = json!({"status": "ok"}))),
+)]
+#[allow(dead_code)]
+fn health() {}
+
+/// Readiness: the store answers.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    operation_id = "ready",
+    responses(
+        (status = 200, description = "The store answers.", body = Health, example = json!({"status": "ready"})),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn ready() {}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API.", body = Object)),
+)]
+#[allow(dead_code)]
+fn openapi() {}

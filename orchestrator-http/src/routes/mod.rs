@@ -1,0 +1,93 @@
+//! The API's handlers, one module per concern, and [`operations`]: the one
+//! list of what the API serves. The router is built from that list, and the
+//! OpenAPI tests check the document against it, so a route cannot be added
+//! without being documented.
+//!
+//! Handlers translate HTTP to [`Orchestrator`](orchestrator_core::Orchestrator)
+//! calls and errors to problem documents; no business rule lives here. They
+//! depend on [`crate::state`], [`crate::extract`] and [`crate::problem`], never
+//! on the router.
+
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{get, patch, post, MethodRouter};
+
+use crate::state::AppState;
+
+pub mod calls;
+pub mod ops;
+pub mod webhook;
+
+/// The methods the API uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Post,
+    Patch,
+}
+
+/// One operation: a method on a path, and the handler answering it.
+pub struct Operation {
+    verb: Verb,
+    path: &'static str,
+    route: MethodRouter<AppState>,
+}
+
+impl std::fmt::Debug for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method(), self.path)
+    }
+}
+
+impl Operation {
+    fn new<H, T>(verb: Verb, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let route = match verb {
+            Verb::Get => get(handler),
+            Verb::Post => post(handler),
+            Verb::Patch => patch(handler),
+        };
+        Self { verb, path, route }
+    }
+
+    /// The HTTP method. `GET` operations also answer `HEAD`.
+    #[must_use]
+    pub fn method(&self) -> Method {
+        match self.verb {
+            Verb::Get => Method::GET,
+            Verb::Post => Method::POST,
+            Verb::Patch => Method::PATCH,
+        }
+    }
+
+    /// The path, relative to the API's base (`/` or `/api/v1`), with
+    /// parameters in braces as OpenAPI writes them: `/calls/{id}`.
+    #[must_use]
+    pub fn path(&self) -> &'static str {
+        self.path
+    }
+
+    /// The handler, for the router.
+    pub(crate) fn into_route(self) -> (&'static str, MethodRouter<AppState>) {
+        (self.path, self.route)
+    }
+}
+
+/// Every operation the API serves, in the order the API reference lists them.
+#[must_use]
+pub fn operations() -> Vec<Operation> {
+    vec![
+        Operation::new(Verb::Post, "/calls", calls::create),
+        Operation::new(Verb::Get, "/calls", calls::list),
+        Operation::new(Verb::Get, "/calls/{id}", calls::get),
+        Operation::new(Verb::Patch, "/calls/{id}", calls::update),
+        Operation::new(Verb::Post, "/callbacks/call-status", webhook::call_status),
+        Operation::new(Verb::Get, "/metrics", ops::metrics),
+        Operation::new(Verb::Get, "/health", ops::health),
+        Operation::new(Verb::Get, "/ready", ops::ready),
+        Operation::new(Verb::Get, "/openapi.json", ops::openapi),
+    ]
+}

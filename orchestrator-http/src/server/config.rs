@@ -1,0 +1,778 @@
+//! The `orchestrator` binary's configuration: command-line flags, each with a
+//! matching environment variable (flags win), parsed by clap into typed
+//! values and read once into a [`Config`]. A bad value stops the program at
+//! start with a message naming the flag and the variable, before our code runs.
+//!
+//! | variable | flag | default | meaning |
+//! |---|---|---|---|
+//! | `DATABASE_URL` | `--database-url` | none: in-memory store | PostgreSQL URL (`postgres://` or `postgresql://`); migrations are applied at start |
+//! | `BIND_HOST` | `--bind-host` | `0.0.0.0` | address to listen on |
+//! | `PORT` | `--port` | `8080` | port to listen on (0: any free port) |
+//! | `MAX_CONCURRENT_CALLS` | `--max-concurrent-calls` | `30` | global cap on IN_PROGRESS calls, at least 1 |
+//! | `MAX_ATTEMPTS` | `--max-attempts` | `3` | dials before a call fails, at least 1 |
+//! | `BASE_RETRY_SECONDS` | `--base-retry-seconds` | `30` | back-off after the first failed attempt, doubling |
+//! | `MAX_RETRY_SECONDS` | `--max-retry-seconds` | `600` | cap on one back-off, at least `BASE_RETRY_SECONDS` |
+//! | `STALE_INPROG_SECONDS` | `--stale-inprog-seconds` | `900` | IN_PROGRESS this long without a webhook is a failed attempt |
+//! | `PENDING_TTL_SECONDS` | `--pending-ttl-seconds` | none | calls without `expiresAt` expire this long after creation |
+//! | `REDIAL_ON` | `--redial-on` | none | webhook outcomes re-dialled with back-off instead of failing the call: `BUSY`, `NO_ANSWER` or `BUSY,NO_ANSWER` |
+//! | `PROVIDER_BASE_URL` | `--provider-base-url` | none: simulated provider | the AI-call provider, `http://` or `https://` |
+//! | `PROVIDER_API_KEY` | `--provider-api-key` | none | sent as `Authorization: Bearer`; visible ASCII |
+//! | `PROVIDER_TIMEOUT_MS` | `--provider-timeout-ms` | `10000` | bound on one dial request, milliseconds, at least 1 |
+//! | `PUBLIC_BASE_URL` | `--public-base-url` | `http://127.0.0.1:{port}` | our URL as the provider reaches it, for `webhookUrl` |
+//! | `WEBHOOK_SECRET` | `--webhook-secret` | none: unsigned webhooks accepted | Standard Webhooks secret `whsec_<base64>` |
+//! | `LOG_FORMAT` | `--log-format` | `text` | `text` or `json` |
+//! | `RUST_LOG` | | `info` | log filter (tracing-subscriber `EnvFilter`) |
+//!
+//! Durations (the `_SECONDS` settings) are a number of seconds, fractions
+//! allowed (`0.2`), or numbers with units `ms`, `s`, `m`, `h`, `d`, also
+//! combined: `250ms`, `1.5s`, `10m`, `1h30m`. See [`parse_duration`].
+//!
+//! An environment variable set to the empty string counts as unset (see
+//! [`parse_args`]), as `VAR=` in a compose file usually means "no value".
+//! Secrets (`DATABASE_URL`'s password, `PROVIDER_API_KEY`, `WEBHOOK_SECRET`)
+//! are held in [`secrecy`] wrappers: no `Debug` output, log line or
+//! configuration error shows them.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::marker::PhantomData;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use orchestrator_core::retry::RetryPolicyError;
+use orchestrator_core::{EngineConfig, RedialPolicy, RetryPolicy};
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::provider::ApiKey;
+use crate::signature::WebhookSecret;
+
+/// The `orchestrator` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "orchestrator",
+    version,
+    about = "Outbound AI voice call orchestrator: HTTP API, dispatcher and webhook intake.",
+    long_about = None
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Subcommands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API and dispatch calls (the default).
+    Serve,
+    /// Apply the PostgreSQL migrations to DATABASE_URL and exit.
+    Migrate,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A webhook outcome that may be re-dialled (`REDIAL_ON`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Redial {
+    /// The callee's line was busy.
+    #[value(name = "BUSY")]
+    Busy,
+    /// Nobody answered.
+    #[value(name = "NO_ANSWER")]
+    NoAnswer,
+}
+
+/// The settings, as flags or environment variables (flags win), each parsed
+/// into its type by clap.
+#[derive(Clone, Debug, Args)]
+pub struct Settings {
+    /// PostgreSQL URL; without it calls live in memory.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_parser = secret::<DatabaseUrl>())]
+    pub database_url: Option<DatabaseUrl>,
+    /// Address to listen on.
+    #[arg(long, env = "BIND_HOST", default_value = "0.0.0.0", global = true, value_parser = NonEmptyStringValueParser::new())]
+    pub bind_host: String,
+    /// Port to listen on (0 picks a free port).
+    #[arg(long, env = "PORT", default_value_t = 8080, global = true)]
+    pub port: u16,
+    /// Global cap on calls in progress.
+    #[arg(
+        long,
+        env = "MAX_CONCURRENT_CALLS",
+        default_value = "30",
+        global = true
+    )]
+    pub max_concurrent_calls: NonZeroU32,
+    /// Dials before a call fails.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value = "3", value_parser = at_least_one::<NonZeroU32>, global = true)]
+    pub max_attempts: NonZeroU32,
+    /// Back-off after the first failed attempt (doubles per attempt): seconds, or e.g. 250ms, 10m.
+    #[arg(long, env = "BASE_RETRY_SECONDS", default_value = "30", value_parser = positive_duration, global = true)]
+    pub base_retry_seconds: Duration,
+    /// Cap on one back-off: seconds, or e.g. 10m.
+    #[arg(long, env = "MAX_RETRY_SECONDS", default_value = "600", value_parser = positive_duration, global = true)]
+    pub max_retry_seconds: Duration,
+    /// A call in progress this long without a webhook is a failed attempt: seconds, or e.g. 15m.
+    #[arg(long, env = "STALE_INPROG_SECONDS", default_value = "900", value_parser = positive_duration, global = true)]
+    pub stale_inprog_seconds: Duration,
+    /// Calls created without expiresAt expire this long after creation: seconds, or e.g. 1h.
+    #[arg(long, env = "PENDING_TTL_SECONDS", value_parser = positive_duration, global = true)]
+    pub pending_ttl_seconds: Option<Duration>,
+    /// Webhook outcomes re-dialled with back-off instead of failing the call.
+    #[arg(
+        long,
+        env = "REDIAL_ON",
+        value_enum,
+        value_delimiter = ',',
+        ignore_case = true,
+        global = true
+    )]
+    pub redial_on: Vec<Redial>,
+    /// The AI-call provider's base URL; without it a simulated provider answers.
+    #[arg(long, env = "PROVIDER_BASE_URL", value_parser = http_url, global = true)]
+    pub provider_base_url: Option<Url>,
+    /// Sent to the provider as `Authorization: Bearer <key>`.
+    #[arg(long, env = "PROVIDER_API_KEY", global = true, hide_env_values = true, value_parser = secret::<ApiKey>())]
+    pub provider_api_key: Option<ApiKey>,
+    /// Bound on one dial request, milliseconds.
+    #[arg(
+        long,
+        env = "PROVIDER_TIMEOUT_MS",
+        default_value = "10000",
+        value_parser = at_least_one::<NonZeroU64>,
+        global = true
+    )]
+    pub provider_timeout_ms: NonZeroU64,
+    /// Our base URL as the provider reaches it (default `http://127.0.0.1:<port>`).
+    #[arg(long, env = "PUBLIC_BASE_URL", value_parser = http_url, global = true)]
+    pub public_base_url: Option<Url>,
+    /// Standard Webhooks secret (`whsec_<base64>`); webhooks must then be signed.
+    #[arg(long, env = "WEBHOOK_SECRET", global = true, hide_env_values = true, value_parser = secret::<WebhookSecret>())]
+    pub webhook_secret: Option<WebhookSecret>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Parses the command line and the environment into `P`, exiting with
+/// clap's message (naming the flag and variable at fault) on a bad value.
+/// An environment variable set to the empty string counts as unset, so
+/// `DATABASE_URL=` means the in-memory store and `PORT=` the default port,
+/// rather than an invalid value.
+#[must_use]
+pub fn parse_args<P: Parser>() -> P {
+    try_parse_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
+}
+
+/// Parses `args` (the program name first) and the environment into `P`, as
+/// [`parse_args`] does, but returns clap's error instead of exiting.
+///
+/// # Errors
+/// clap's error, naming the flag and variable at fault.
+pub fn try_parse_from<P, I, T>(args: I) -> Result<P, clap::Error>
+where
+    P: Parser,
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut command = without_empty_env(P::command(), |name| std::env::var_os(name));
+    let matches = command.try_get_matches_from_mut(args)?;
+    P::from_arg_matches(&matches).map_err(|error| error.format(&mut command))
+}
+
+/// `command` without the environment variables `lookup` finds empty.
+fn without_empty_env(
+    mut command: clap::Command,
+    lookup: impl Fn(&OsStr) -> Option<OsString>,
+) -> clap::Command {
+    let empty: Vec<clap::Id> = command
+        .get_arguments()
+        .filter(|arg| {
+            arg.get_env()
+                .is_some_and(|name| lookup(name).is_some_and(|value| value.is_empty()))
+        })
+        .map(|arg| arg.get_id().clone())
+        .collect();
+    for id in empty {
+        command = command.mut_arg(id, |arg| arg.env(None));
+    }
+    command
+}
+
+/// A value parser for secrets: parses with `T`'s [`FromStr`] and, on
+/// failure, names the flag and the reason but, unlike clap's own message,
+/// not the value.
+#[must_use]
+pub fn secret<T>() -> Secret<T> {
+    Secret(PhantomData)
+}
+
+/// The value parser [`secret`] returns.
+#[derive(Debug)]
+pub struct Secret<T>(PhantomData<fn() -> T>);
+
+impl<T> Clone for Secret<T> {
+    fn clone(&self) -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> TypedValueParser for Secret<T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: fmt::Display,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let refused = |reason: &dyn fmt::Display| {
+            let flag = arg.map_or_else(|| "a secret".to_owned(), |arg| format!("'{arg}'"));
+            clap::Error::raw(
+                ErrorKind::ValueValidation,
+                format!("invalid value for {flag}: {reason}"),
+            )
+            .with_cmd(command)
+        };
+        let text = value.to_str().ok_or_else(|| refused(&"not valid UTF-8"))?;
+        text.parse::<T>().map_err(|error| refused(&error))
+    }
+}
+
+/// A whole number of at least 1, as `T` (`NonZeroU32`, `NonZeroU64`).
+fn at_least_one<T: FromStr>(raw: &str) -> Result<T, String> {
+    raw.trim()
+        .parse::<T>()
+        .map_err(|_| "must be a whole number of at least 1".to_owned())
+}
+
+/// Parses a duration: a number of seconds, fractions allowed (`30`, `0.2`),
+/// or one or more numbers with a unit, `ms`, `s`, `m` (minutes), `h` or `d`,
+/// fractions allowed, optionally separated by spaces: `250ms`, `1.5s`, `10m`,
+/// `1h30m`. Exact to the nanosecond (no floating point).
+///
+/// # Errors
+/// A message saying what is accepted, for clap to show after the flag's name.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    const NANOS_PER_SECOND: u128 = 1_000_000_000;
+    let invalid = || {
+        format!(
+            "{raw:?} is not a duration: give seconds (30, 0.2) or numbers with units ms, s, m, h, d (250ms, 1.5s, 10m, 1h30m)"
+        )
+    };
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err(invalid());
+    }
+    let mut rest = text;
+    let mut nanos: u128 = 0;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let unit_nanos = match unit {
+            // A bare number is seconds, and only on its own.
+            "" if number_end == text.len() => NANOS_PER_SECOND,
+            "ms" => NANOS_PER_SECOND / 1000,
+            "s" => NANOS_PER_SECOND,
+            "m" => 60 * NANOS_PER_SECOND,
+            "h" => 3600 * NANOS_PER_SECOND,
+            "d" => 86_400 * NANOS_PER_SECOND,
+            _ => return Err(invalid()),
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let digits_ok = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+        // `.5` and `5.` are fine; `.` and `1.2.3` are not. Digits past the
+        // nanosecond cannot matter, so long fractions are cut to 18.
+        if (whole.is_empty() && fraction.is_empty()) || !digits_ok(whole) || !digits_ok(fraction) {
+            return Err(invalid());
+        }
+        let fraction = &fraction[..fraction.len().min(18)];
+        let scale = 10_u128.pow(u32::try_from(fraction.len()).unwrap_or(18));
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| invalid())?
+        };
+        let fraction: u128 = if fraction.is_empty() {
+            0
+        } else {
+            fraction.parse().map_err(|_| invalid())?
+        };
+        let term = whole
+            .checked_mul(unit_nanos)
+            .and_then(|w| w.checked_add(fraction * unit_nanos / scale))
+            .ok_or_else(|| format!("{raw:?} is too long a duration"))?;
+        nanos = nanos
+            .checked_add(term)
+            .ok_or_else(|| format!("{raw:?} is too long a duration"))?;
+        rest = after.trim_start();
+    }
+    let seconds = u64::try_from(nanos / NANOS_PER_SECOND)
+        .map_err(|_| format!("{raw:?} is too long a duration"))?;
+    let subsec = u32::try_from(nanos % NANOS_PER_SECOND).unwrap_or(0);
+    Ok(Duration::new(seconds, subsec))
+}
+
+/// [`parse_duration`], refusing zero.
+///
+/// # Errors
+/// As [`parse_duration`], or "must be greater than zero".
+pub fn positive_duration(raw: &str) -> Result<Duration, String> {
+    let duration = parse_duration(raw)?;
+    if duration.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(duration)
+}
+
+/// An absolute `http://` or `https://` URL that paths can be appended to.
+///
+/// # Errors
+/// A message saying what is wrong, for clap to show after the flag's name.
+pub fn http_url(raw: &str) -> Result<Url, String> {
+    let url = Url::parse(raw.trim()).map_err(|error| format!("not a URL: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err("must be an http:// or https:// URL".to_owned());
+    }
+    Ok(url)
+}
+
+/// `DATABASE_URL`: a `postgres://` or `postgresql://` URL. The password is
+/// kept apart, as a secret: `Debug` and `Display` show the URL without it.
+#[derive(Clone, Debug)]
+pub struct DatabaseUrl {
+    /// The URL without its password.
+    url: Url,
+    /// The password, percent-encoded as it was written.
+    password: Option<SecretString>,
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        // `Url`'s own error never quotes its input, so no password leaks here.
+        let mut url = Url::parse(raw.trim()).map_err(|error| format!("not a URL: {error}"))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err("must be a postgres:// or postgresql:// URL".to_owned());
+        }
+        let password = url.password().map(SecretString::from);
+        if password.is_some() {
+            // A URL with a password has a host, so the password can be removed.
+            url.set_password(None)
+                .map_err(|()| "must name a host".to_owned())?;
+        }
+        Ok(Self { url, password })
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.url.as_str())
+    }
+}
+
+impl DatabaseUrl {
+    /// The whole URL, password included, to connect with.
+    #[must_use]
+    pub fn with_password(&self) -> SecretString {
+        let mut url = self.url.clone();
+        if let Some(password) = &self.password {
+            // The URL had this password when it was parsed, so it can again.
+            let _ = url.set_password(Some(password.expose_secret()));
+        }
+        SecretString::from(String::from(url))
+    }
+
+    /// `host:port` (5432 unless the URL says otherwise), for messages.
+    #[must_use]
+    pub fn endpoint(&self) -> String {
+        format!(
+            "{}:{}",
+            self.url.host_str().unwrap_or("localhost"),
+            self.url.port().unwrap_or(5432)
+        )
+    }
+}
+
+/// A configuration that clap cannot check alone: a rule across settings.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `MAX_RETRY_SECONDS` is below `BASE_RETRY_SECONDS`.
+    #[error("MAX_RETRY_SECONDS ({max:?}) must be at least BASE_RETRY_SECONDS ({base:?})")]
+    MaxRetryBelowBase {
+        /// `BASE_RETRY_SECONDS`.
+        base: Duration,
+        /// `MAX_RETRY_SECONDS`.
+        max: Duration,
+    },
+    /// The core refused the retry policy.
+    #[error("invalid retry policy")]
+    Retry(#[source] RetryPolicyError),
+}
+
+/// Where the provider is, when it is a real one.
+#[derive(Clone, Debug)]
+pub struct ProviderSettings {
+    /// `PROVIDER_BASE_URL`.
+    pub base_url: Url,
+    /// `PROVIDER_API_KEY`.
+    pub api_key: Option<ApiKey>,
+    /// `PROVIDER_TIMEOUT_MS`.
+    pub timeout: Duration,
+}
+
+/// The validated configuration. Its `Debug` output shows no secret.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `DATABASE_URL`; `None` for the in-memory store.
+    pub database_url: Option<DatabaseUrl>,
+    /// `BIND_HOST`.
+    pub bind_host: String,
+    /// `PORT`.
+    pub port: u16,
+    /// The engine's rules, built through the core's validating constructors.
+    pub engine: EngineConfig,
+    /// The real provider; `None` for the simulated one.
+    pub provider: Option<ProviderSettings>,
+    /// `PUBLIC_BASE_URL`; `None` for `http://127.0.0.1:{bound port}`.
+    pub public_base_url: Option<Url>,
+    /// `WEBHOOK_SECRET`.
+    pub webhook_secret: Option<WebhookSecret>,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks the rules across `settings` and assembles the engine's configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the variables at fault.
+    pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+        let retry = RetryPolicy::new(
+            settings.base_retry_seconds,
+            settings.max_retry_seconds,
+            settings.max_attempts.get(),
+            RetryPolicy::DEFAULT_JITTER,
+        )
+        .map_err(|error| match error {
+            RetryPolicyError::MaxBelowBase { base, max } => {
+                ConfigError::MaxRetryBelowBase { base, max }
+            }
+            other => ConfigError::Retry(other),
+        })?;
+        let engine = EngineConfig::default()
+            .with_max_concurrent_calls(settings.max_concurrent_calls.get())
+            .with_retry(retry)
+            .with_lease(settings.stale_inprog_seconds)
+            .with_pending_ttl(settings.pending_ttl_seconds)
+            .with_redial(
+                RedialPolicy::default()
+                    .with_busy(settings.redial_on.contains(&Redial::Busy))
+                    .with_no_answer(settings.redial_on.contains(&Redial::NoAnswer)),
+            );
+        let provider = settings.provider_base_url.map(|base_url| ProviderSettings {
+            base_url,
+            api_key: settings.provider_api_key,
+            timeout: Duration::from_millis(settings.provider_timeout_ms.get()),
+        });
+        Ok(Self {
+            database_url: settings.database_url,
+            bind_host: settings.bind_host,
+            port: settings.port,
+            engine,
+            provider,
+            public_base_url: settings.public_base_url,
+            webhook_secret: settings.webhook_secret,
+            log_format: settings.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[derive(Debug)]
+    enum Refused {
+        /// clap refused a value; its message.
+        Clap(String),
+        /// A rule across settings.
+        Config(ConfigError),
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, Refused> {
+        let cli: Cli = try_parse_from(std::iter::once("orchestrator").chain(args.iter().copied()))
+            .map_err(|error| Refused::Clap(error.to_string()))?;
+        Config::from_settings(cli.settings).map_err(Refused::Config)
+    }
+
+    fn clap_error(args: &[&str]) -> String {
+        match parse(args) {
+            Err(Refused::Clap(message)) => message,
+            other => panic!("{args:?}: expected clap to refuse, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_documented_table() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.bind_host, "0.0.0.0");
+        assert_eq!(config.engine.max_concurrent_calls, 30);
+        assert_eq!(config.engine.retry.max_attempts(), 3);
+        assert_eq!(config.engine.retry.base(), Duration::from_secs(30));
+        assert_eq!(config.engine.retry.max_delay(), Duration::from_secs(600));
+        assert_eq!(config.engine.lease, Duration::from_secs(900));
+        assert_eq!(config.engine.pending_ttl, None);
+        assert_eq!(config.engine.redial, RedialPolicy::default());
+        assert!(config.database_url.is_none());
+        assert!(config.provider.is_none());
+        assert!(config.webhook_secret.is_none());
+    }
+
+    #[test]
+    fn durations_accept_fractions() {
+        let config = parse(&[
+            "--base-retry-seconds",
+            "0.2",
+            "--max-retry-seconds",
+            "1.5",
+            "serve",
+            "--pending-ttl-seconds",
+            "0.25",
+        ])
+        .unwrap();
+        assert_eq!(config.engine.retry.base(), Duration::from_millis(200));
+        assert_eq!(config.engine.retry.max_delay(), Duration::from_millis(1500));
+        assert_eq!(config.engine.pending_ttl, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        let config = parse(&[
+            "--base-retry-seconds",
+            "250ms",
+            "--max-retry-seconds",
+            "10m",
+            "--stale-inprog-seconds",
+            "1.5s",
+            "--pending-ttl-seconds",
+            "1h30m",
+        ])
+        .unwrap();
+        assert_eq!(config.engine.retry.base(), Duration::from_millis(250));
+        assert_eq!(config.engine.retry.max_delay(), Duration::from_secs(600));
+        assert_eq!(config.engine.lease, Duration::from_millis(1500));
+        assert_eq!(config.engine.pending_ttl, Some(Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn duration_syntax() {
+        let ok = [
+            ("30", Duration::from_secs(30)),
+            (" 0.2 ", Duration::from_millis(200)),
+            (".5", Duration::from_millis(500)),
+            ("5.", Duration::from_secs(5)),
+            ("0", Duration::ZERO),
+            ("250ms", Duration::from_millis(250)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0.1s", Duration::from_millis(100)),
+            ("10m", Duration::from_secs(600)),
+            ("2h", Duration::from_secs(7200)),
+            ("1d", Duration::from_secs(86_400)),
+            ("1h30m", Duration::from_secs(5400)),
+            ("1m 30s", Duration::from_secs(90)),
+            ("0.000000001s", Duration::from_nanos(1)),
+        ];
+        for (raw, expected) in ok {
+            assert_eq!(parse_duration(raw), Ok(expected), "{raw:?}");
+        }
+        for raw in [
+            "", " ", "abc", "-1", "1e3", "1.2.3", ".", "s", "10 m x", "5 10", "10min", "1.5sec",
+            "inf", "NaN",
+        ] {
+            assert!(parse_duration(raw).is_err(), "{raw:?} was accepted");
+        }
+        assert!(parse_duration("999999999999999999999999d")
+            .unwrap_err()
+            .contains("too long"));
+        assert_eq!(
+            positive_duration("0ms"),
+            Err("must be greater than zero".to_owned())
+        );
+    }
+
+    #[test]
+    fn errors_name_the_flag_and_variable() {
+        let cases: [(&[&str], &str); 13] = [
+            (&["--base-retry-seconds", "abc"], "BASE_RETRY_SECONDS"),
+            (&["--base-retry-seconds=-1"], "BASE_RETRY_SECONDS"),
+            (&["--base-retry-seconds", "0"], "BASE_RETRY_SECONDS"),
+            (&["--max-attempts", "0"], "MAX_ATTEMPTS"),
+            (&["--max-concurrent-calls", "0"], "MAX_CONCURRENT_CALLS"),
+            (&["--stale-inprog-seconds", "0"], "STALE_INPROG_SECONDS"),
+            (
+                &["--pending-ttl-seconds", "10 parsecs"],
+                "PENDING_TTL_SECONDS",
+            ),
+            (&["--provider-timeout-ms", "0"], "PROVIDER_TIMEOUT_MS"),
+            (&["--webhook-secret", "hunter2"], "WEBHOOK_SECRET"),
+            (&["--provider-base-url", "ftp://x"], "PROVIDER_BASE_URL"),
+            (&["--public-base-url", "not a url"], "PUBLIC_BASE_URL"),
+            (&["--database-url", "mysql://x"], "DATABASE_URL"),
+            (&["--redial-on", "BUSY,RINGING"], "REDIAL_ON"),
+        ];
+        for (args, variable) in cases {
+            let message = clap_error(args);
+            assert!(message.contains(variable), "{args:?}: {message}");
+            let flag = format!("--{}", variable.to_ascii_lowercase().replace('_', "-"));
+            assert!(message.contains(&flag), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_retry_cap_below_the_base_is_refused_naming_both() {
+        match parse(&["--max-retry-seconds", "1"]) {
+            Err(Refused::Config(error @ ConfigError::MaxRetryBelowBase { base, max })) => {
+                assert_eq!(
+                    (base, max),
+                    (Duration::from_secs(30), Duration::from_secs(1))
+                );
+                let message = error.to_string();
+                assert!(message.contains("MAX_RETRY_SECONDS"), "{message}");
+                assert!(message.contains("BASE_RETRY_SECONDS"), "{message}");
+            }
+            other => panic!("expected MaxRetryBelowBase, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refused_secrets_are_not_echoed() {
+        for (flag, value) in [
+            ("--webhook-secret", "whsec_dG9vc2hvcnQ="),
+            ("--provider-api-key", "sk live with spaces"),
+            ("--database-url", "mysql://app:s3cret@db/calls"),
+        ] {
+            let message = clap_error(&[flag, value]);
+            assert!(message.contains(flag), "{message}");
+            assert!(!message.contains(value), "{message}");
+        }
+    }
+
+    #[test]
+    fn redial_on_lists_outcomes_to_redial() {
+        let both = parse(&["--redial-on", "BUSY,NO_ANSWER"]).unwrap();
+        assert_eq!(
+            both.engine.redial,
+            RedialPolicy::default().with_busy(true).with_no_answer(true)
+        );
+        let busy = parse(&["--redial-on", "busy"]).unwrap();
+        assert_eq!(
+            busy.engine.redial,
+            RedialPolicy::default()
+                .with_busy(true)
+                .with_no_answer(false)
+        );
+    }
+
+    #[test]
+    fn a_provider_url_brings_the_provider_settings() {
+        let config = parse(&[
+            "--provider-base-url",
+            "https://provider.test/v2/",
+            "--provider-api-key",
+            "sk-live-123",
+            "--provider-timeout-ms",
+            "2500",
+        ])
+        .unwrap();
+        let provider = config.provider.unwrap();
+        assert_eq!(provider.base_url.as_str(), "https://provider.test/v2/");
+        assert_eq!(provider.api_key.unwrap().expose(), "sk-live-123");
+        assert_eq!(provider.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let config = parse(&[
+            "--database-url",
+            "postgres://app:s3cret@db:6543/calls",
+            "--provider-base-url",
+            "https://provider.test",
+            "--provider-api-key",
+            "sk-live-123",
+            "--webhook-secret",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        for secret in ["s3cret", "sk-live-123", "C2FVsBQIhrscChlQIMV"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("6543"), "the rest is shown: {shown}");
+    }
+
+    #[test]
+    fn database_passwords_are_kept_apart() {
+        let raw = "postgres://app:p%40ss%3Aw0rd@db:5432/calls?sslmode=require";
+        let url: DatabaseUrl = raw.parse().unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://app@db:5432/calls?sslmode=require"
+        );
+        assert_eq!(url.with_password().expose_secret(), raw);
+        assert_eq!(url.endpoint(), "db:5432");
+        let default_port: DatabaseUrl = "postgresql://db.internal/calls".parse().unwrap();
+        assert_eq!(default_port.endpoint(), "db.internal:5432");
+        assert_eq!(
+            default_port.with_password().expose_secret(),
+            "postgresql://db.internal/calls"
+        );
+    }
+
+    #[test]
+    fn empty_environment_variables_count_as_unset() {
+        let empty = |name: &OsStr| (name == "DATABASE_URL").then(OsString::new);
+        let command = without_empty_env(Cli::command(), empty);
+        let database_url = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "database_url")
+            .unwrap();
+        assert_eq!(database_url.get_env(), None);
+        let port = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "port")
+            .unwrap();
+        assert_eq!(port.get_env(), Some(OsStr::new("PORT")));
+    }
+}
