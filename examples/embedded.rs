@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use orchestrator_core::{
-    CallStatus, EngineConfig, Faults, MemoryStore, Metadata, NewCall, Orchestrator, PhoneNumber,
+    CallStatus, Engine, EngineConfig, Faults, MemoryStore, Metadata, NewCall, PhoneNumber,
     RedialPolicy, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, StatusCounts,
 };
 use rand::{Rng, SeedableRng};
@@ -59,7 +59,7 @@ async fn main() -> Result<()> {
                     .with_early_webhook(0.05),
             ),
     );
-    let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
+    let engine = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
         .config(config)
         .seed(42)
         .build()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_core::{
-    CallStatus, EngineConfig, MemoryStore, NewCall, Orchestrator, OutcomeMix, PhoneNumber,
+    CallStatus, Engine, EngineConfig, MemoryStore, NewCall, OutcomeMix, PhoneNumber,
     ReportedStatus, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store,
 };
 
@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
             .with_call_duration(Duration::from_millis(1)..=Duration::from_millis(5))
             .with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
     );
-    let engine = Orchestrator::builder(
+    let engine = Engine::builder(
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::new(provider.clone()),
     )

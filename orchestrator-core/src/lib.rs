@@ -12,18 +12,18 @@
 //! - [`retry`], [`config`]: the policies (back-off, cap, lease, TTL).
 //! - [`store`]: the [`Store`] trait; [`memory`]: the in-memory store.
 //! - [`provider`]: the [`Provider`] trait; [`simulated`]: a seeded simulated provider.
-//! - [`engine`]: the [`Orchestrator`].
+//! - [`engine`]: the [`Engine`].
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # tokio::runtime::Runtime::new()?.block_on(async {
 //! use std::sync::Arc;
 //! use orchestrator_core::{
-//!     CallStatus, EngineConfig, MemoryStore, NewCall, Orchestrator, PhoneNumber, ScriptId,
+//!     CallStatus, EngineConfig, MemoryStore, NewCall, Engine, PhoneNumber, ScriptId,
 //!     SimulatedProvider, SimulationConfig,
 //! };
 //!
-//! let engine = Orchestrator::builder(
+//! let engine = Engine::builder(
 //!     Arc::new(MemoryStore::new()),
 //!     Arc::new(SimulatedProvider::new(SimulationConfig::default())),
 //! )
@@ -63,7 +63,7 @@ pub mod validate;
 pub use call::{AttemptRef, Call, CallId, CallPayload, CallStatus, NewCall, PayloadPatch};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{ConfigError, EngineConfig, RedialPolicy};
-pub use engine::{EngineError, EngineHandle, Orchestrator, OrchestratorBuilder, WebhookOutcome};
+pub use engine::{Engine, EngineBuilder, EngineError, EngineHandle, WebhookOutcome};
 pub use input::{IdempotencyKey, Metadata, ScriptId};
 pub use memory::MemoryStore;
 pub use phone::PhoneNumber;

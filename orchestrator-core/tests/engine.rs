@@ -1,11 +1,11 @@
 //! Narrow unit tests of the engine's edge cases (SPEC sections 1, 3, 4 and 5).
 //!
-//! Each test drives one [`Orchestrator`] over a fresh [`MemoryStore`], a
+//! Each test drives one [`Engine`] over a fresh [`MemoryStore`], a
 //! `mockall` mock of the [`Provider`] and a [`TokioClock`] on tokio's paused
-//! clock. The engine is stepped with [`Orchestrator::tick`] and virtual time is
+//! clock. The engine is stepped with [`Engine::tick`] and virtual time is
 //! moved with `tokio::time::advance`, so nothing sleeps and every test is
-//! deterministic. Webhooks go straight to [`Orchestrator::handle_webhook`].
-//! The last test runs the real dispatcher ([`Orchestrator::start`]) with the
+//! deterministic. Webhooks go straight to [`Engine::handle_webhook`].
+//! The last test runs the real dispatcher ([`Engine::start`]) with the
 //! [`SimulatedProvider`] end to end, still on virtual time.
 
 use std::collections::BTreeMap;
@@ -17,8 +17,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use mockall::{mock, Sequence};
 use orchestrator_core::{
     async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError, Created,
-    DialError, DialRequest, Dialled, EngineConfig, EngineError, Invalid, ListQuery, MemoryStore,
-    Metadata, NewCall, Orchestrator, OutcomeMix, Page, PayloadPatch, PhoneNumber, Provider,
+    DialError, DialRequest, Dialled, Engine, EngineConfig, EngineError, Invalid, ListQuery,
+    MemoryStore, Metadata, NewCall, OutcomeMix, Page, PayloadPatch, PhoneNumber, Provider,
     RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settled, Settlement, SimulatedProvider,
     SimulationConfig, StatusCounts, StatusReport, Store, StoreError, TokioClock, WebhookDelivery,
     WebhookOutcome,
@@ -41,7 +41,7 @@ type Dials = Arc<Mutex<Vec<DialRequest>>>;
 
 /// The engine under test and what the test needs to look inside it.
 struct Harness {
-    engine: Orchestrator,
+    engine: Engine,
     store: Arc<MemoryStore>,
     clock: TokioClock,
     dials: Dials,
@@ -53,7 +53,7 @@ impl Harness {
     fn new(config: EngineConfig, dialer: MockDialer, dials: Dials) -> Self {
         let store = Arc::new(MemoryStore::new());
         let clock = TokioClock::starting_at(origin());
-        let engine = Orchestrator::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
+        let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
             .config(config)
             .clock(Arc::new(clock.clone()))
             .seed(7)
@@ -970,7 +970,7 @@ fn engine_config_with_zero_cap_is_refused() {
             problem: "must be at least 1",
         }
     );
-    let built = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(MockDialer::new()))
+    let built = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(MockDialer::new()))
         .config(config)
         .build();
     assert_eq!(built.err().map(|e| e.field), Some("max_concurrent_calls"));
@@ -996,13 +996,12 @@ fn webhook_outcomes_name_themselves_and_the_call() {
 #[test]
 fn the_engine_shows_its_configuration() {
     let config = config().with_max_concurrent_calls(7);
-    let builder = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(MockDialer::new()))
+    let builder = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(MockDialer::new()))
         .config(config.clone())
         .seed(5);
     let printed = format!("{builder:?}");
     assert!(
-        printed
-            .starts_with("OrchestratorBuilder { config: EngineConfig { max_concurrent_calls: 7,"),
+        printed.starts_with("EngineBuilder { config: EngineConfig { max_concurrent_calls: 7,"),
         "{printed}"
     );
     assert!(printed.contains("seed: Some(5)"), "{printed}");
@@ -1011,7 +1010,7 @@ fn the_engine_shows_its_configuration() {
     assert_eq!(engine.config(), &config);
     let printed = format!("{engine:?}");
     assert!(
-        printed.starts_with("Orchestrator { config: EngineConfig { max_concurrent_calls: 7,"),
+        printed.starts_with("Engine { config: EngineConfig { max_concurrent_calls: 7,"),
         "{printed}"
     );
 }
@@ -1151,7 +1150,7 @@ fn unavailable<T: std::fmt::Debug>(result: Result<T, EngineError>) -> bool {
 }
 
 /// An engine over an [`OutageStore`] whose provider accepts every dial.
-fn over_outage_store(config: EngineConfig) -> (Orchestrator, Arc<OutageStore>, Dials) {
+fn over_outage_store(config: EngineConfig) -> (Engine, Arc<OutageStore>, Dials) {
     let store = Arc::new(OutageStore::new());
     let dials = Dials::default();
     let mut dialer = MockDialer::new();
@@ -1159,7 +1158,7 @@ fn over_outage_store(config: EngineConfig) -> (Orchestrator, Arc<OutageStore>, D
     dialer
         .expect_start_call()
         .returning(move |request| accept(&log, request));
-    let engine = Orchestrator::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
+    let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
         .config(config)
         .clock(Arc::new(TokioClock::starting_at(origin())))
         .seed(9)
@@ -1231,14 +1230,14 @@ async fn settle_tasks() {
 /// A started engine over a simulated provider that takes exactly 1 s to
 /// answer a dial and whose calls last 100 s, so a dial is in flight for a
 /// known second.
-fn slow_dialling_engine() -> (Orchestrator, SimulatedProvider) {
+fn slow_dialling_engine() -> (Engine, SimulatedProvider) {
     let provider = SimulatedProvider::new(
         SimulationConfig::default()
             .with_dial_latency(Duration::from_secs(1)..=Duration::from_secs(1))
             .with_call_duration(Duration::from_secs(100)..=Duration::from_secs(100))
             .with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
     );
-    let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
+    let engine = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
         .config(config())
         .clock(Arc::new(TokioClock::starting_at(origin())))
         .seed(2)
@@ -1450,7 +1449,7 @@ async fn started_engine_with_the_simulated_provider_completes_a_call() {
     let provider = SimulatedProvider::new(
         SimulationConfig::default().with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
     );
-    let engine = Orchestrator::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
+    let engine = Engine::builder(Arc::new(MemoryStore::new()), Arc::new(provider.clone()))
         .clock(Arc::new(TokioClock::starting_at(origin())))
         .seed(1)
         .build()

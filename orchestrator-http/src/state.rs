@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use orchestrator_core::Orchestrator;
+use orchestrator_core::Engine;
 
 use crate::signature::WebhookSecret;
 
@@ -29,7 +29,7 @@ impl Default for Limits {
 /// What every handler shares. Cheap to clone.
 ///
 /// ```no_run
-/// # fn demo(engine: orchestrator_core::Orchestrator) -> Result<(), Box<dyn std::error::Error>> {
+/// # fn demo(engine: orchestrator_core::Engine) -> Result<(), Box<dyn std::error::Error>> {
 /// use orchestrator_http::{metrics, router, AppState};
 ///
 /// let mut state = AppState::new(engine);
@@ -42,7 +42,7 @@ impl Default for Limits {
 /// ```
 #[derive(Clone)]
 pub struct AppState {
-    orchestrator: Orchestrator,
+    engine: Engine,
     webhook_secret: Option<WebhookSecret>,
     metrics: Option<PrometheusHandle>,
     limits: Limits,
@@ -52,9 +52,9 @@ impl AppState {
     /// State over `orchestrator`, with no webhook secret, no metrics handle
     /// and default limits. Installs nothing process-wide.
     #[must_use]
-    pub fn new(orchestrator: Orchestrator) -> Self {
+    pub fn new(engine: Engine) -> Self {
         Self {
-            orchestrator,
+            engine,
             webhook_secret: None,
             metrics: None,
             limits: Limits::default(),
@@ -88,8 +88,8 @@ impl AppState {
 
     /// The engine.
     #[must_use]
-    pub fn orchestrator(&self) -> &Orchestrator {
-        &self.orchestrator
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The webhook secret, when signatures are required.

@@ -25,8 +25,8 @@ use orchestrator_core::call::{AttemptRef, Call, CallId, CallStatus, NewCall};
 use orchestrator_core::simulated::Faults;
 use orchestrator_core::store::{ClaimRequest, Settled, Settlement};
 use orchestrator_core::{
-    EngineConfig, Orchestrator, PhoneNumber, RetryPolicy, ScriptId, SimulatedProvider,
-    SimulationConfig, Store,
+    Engine, EngineConfig, PhoneNumber, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig,
+    Store,
 };
 use orchestrator_pg::{testing, PgStore};
 use rand::{Rng, SeedableRng};
@@ -437,11 +437,11 @@ async fn engines_sharing_one_database_keep_every_invariant() {
         .with_capacity_retry_after(Duration::from_millis(5))
         .with_fallback_poll(Duration::from_millis(250))
         .with_claim_batch(CAP);
-    let engines: Vec<Orchestrator> = stores
+    let engines: Vec<Engine> = stores
         .iter()
         .enumerate()
         .map(|(i, store)| {
-            Orchestrator::builder(
+            Engine::builder(
                 Arc::clone(store) as Arc<dyn Store>,
                 Arc::new(provider.clone()),
             )
@@ -451,7 +451,7 @@ async fn engines_sharing_one_database_keep_every_invariant() {
             .expect("valid config")
         })
         .collect();
-    let handles: Vec<_> = engines.iter().map(Orchestrator::start).collect();
+    let handles: Vec<_> = engines.iter().map(Engine::start).collect();
 
     let done = Arc::new(AtomicBool::new(false));
     let monitor = spawn_monitor(Arc::clone(&stores[0]), Arc::clone(&done));

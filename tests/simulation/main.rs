@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use orchestrator_core::{
-    AttemptRef, CallId, CallStatus, Clock, EngineConfig, EngineError, EngineHandle, Faults,
-    MemoryStore, NewCall, Orchestrator, OutcomeMix, PayloadPatch, PhoneNumber, RedialPolicy,
-    ReportedStatus, RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store, TokioClock,
+    AttemptRef, CallId, CallStatus, Clock, Engine, EngineConfig, EngineError, EngineHandle, Faults,
+    MemoryStore, NewCall, OutcomeMix, PayloadPatch, PhoneNumber, RedialPolicy, ReportedStatus,
+    RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store, TokioClock,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -195,9 +195,9 @@ fn build_engine(
     provider: &SimulatedProvider,
     clock: &TokioClock,
     seed: u64,
-) -> Orchestrator {
+) -> Engine {
     let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
-    Orchestrator::builder(store, Arc::new(provider.clone()))
+    Engine::builder(store, Arc::new(provider.clone()))
         .config(world.engine.clone())
         .clock(Arc::new(clock.clone()))
         .seed(seed)
@@ -210,7 +210,7 @@ struct Run {
     store: Arc<CheckedStore>,
     provider: SimulatedProvider,
     clock: TokioClock,
-    engine: Orchestrator,
+    engine: Engine,
     handle: Option<EngineHandle>,
     created: Vec<CallId>,
     restarts: u64,
@@ -218,7 +218,7 @@ struct Run {
 }
 
 impl Run {
-    fn engine(&self) -> Orchestrator {
+    fn engine(&self) -> Engine {
         build_engine(
             &self.world,
             &self.store,

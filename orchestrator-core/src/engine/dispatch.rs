@@ -59,7 +59,7 @@ impl Inner {
     }
 
     /// One round whose dials are awaited before it returns (see
-    /// [`Orchestrator::tick`](super::Orchestrator::tick)).
+    /// [`Engine::tick`](super::Engine::tick)).
     pub(super) async fn tick(self: &Arc<Self>) -> Result<Option<DateTime<Utc>>, StoreError> {
         let mut dials = JoinSet::new();
         self.round(&mut dials).await?;

@@ -1,8 +1,8 @@
 //! Webhook intake: finding the attempt a provider's report is about and
-//! settling it, for webhooks from HTTP ([`Orchestrator::handle_webhook`]) and
+//! settling it, for webhooks from HTTP ([`Engine::handle_webhook`]) and
 //! from an in-process provider (the intake task) alike.
 //!
-//! [`Orchestrator::handle_webhook`]: super::Orchestrator::handle_webhook
+//! [`Engine::handle_webhook`]: super::Engine::handle_webhook
 
 use std::sync::Arc;
 

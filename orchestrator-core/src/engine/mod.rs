@@ -2,7 +2,7 @@
 //! settles webhooks, retries with back-off, reclaims stale leases and expires
 //! calls that waited too long.
 //!
-//! - This module: the [`Orchestrator`] API, its builder and its errors.
+//! - This module: the [`Engine`] API, its builder and its errors.
 //! - `dispatch`: the dispatch loop, its rounds, the dial tasks and the
 //!   shutdown drain.
 //! - `intake`: settling webhooks, from HTTP or from an in-process provider.
@@ -104,8 +104,8 @@ impl WebhookOutcome {
     }
 }
 
-/// Builds an [`Orchestrator`].
-pub struct OrchestratorBuilder {
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
     store: Arc<dyn Store>,
     provider: Arc<dyn Provider>,
     clock: Arc<dyn Clock>,
@@ -113,16 +113,16 @@ pub struct OrchestratorBuilder {
     seed: Option<u64>,
 }
 
-impl fmt::Debug for OrchestratorBuilder {
+impl fmt::Debug for EngineBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OrchestratorBuilder")
+        f.debug_struct("EngineBuilder")
             .field("config", &self.config)
             .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
 }
 
-impl OrchestratorBuilder {
+impl EngineBuilder {
     /// The engine's configuration (default: [`EngineConfig::default`]).
     #[must_use]
     pub fn config(mut self, config: EngineConfig) -> Self {
@@ -144,17 +144,17 @@ impl OrchestratorBuilder {
         self
     }
 
-    /// The engine, not yet running: call [`Orchestrator::start`] to dispatch.
+    /// The engine, not yet running: call [`Engine::start`] to dispatch.
     ///
     /// # Errors
     /// [`ConfigError`] when the configuration is out of range.
-    pub fn build(self) -> Result<Orchestrator, ConfigError> {
+    pub fn build(self) -> Result<Engine, ConfigError> {
         self.config.validate()?;
         let rng = match self.seed {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
         };
-        Ok(Orchestrator {
+        Ok(Engine {
             inner: Arc::new(Inner {
                 store: self.store,
                 provider: self.provider,
@@ -188,25 +188,25 @@ impl Inner {
 /// The call orchestrator. Cheap to clone: clones share one engine.
 ///
 /// The API methods (`create_call`, `handle_webhook`, ...) work whether or not
-/// the dispatcher runs; [`start`](Orchestrator::start) runs it.
+/// the dispatcher runs; [`start`](Engine::start) runs it.
 #[derive(Clone)]
-pub struct Orchestrator {
+pub struct Engine {
     inner: Arc<Inner>,
 }
 
-impl fmt::Debug for Orchestrator {
+impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Orchestrator")
+        f.debug_struct("Engine")
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
     }
 }
 
-impl Orchestrator {
+impl Engine {
     /// A builder over `store` and `provider`.
     #[must_use]
-    pub fn builder(store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> OrchestratorBuilder {
-        OrchestratorBuilder {
+    pub fn builder(store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> EngineBuilder {
+        EngineBuilder {
             store,
             provider,
             clock: Arc::new(SystemClock),

@@ -150,7 +150,7 @@ pub async fn create(
             return Err(ApiError::Invalid(errors));
         }
     };
-    let created = state.orchestrator().create_call(new.clone()).await?;
+    let created = state.engine().create_call(new.clone()).await?;
     let call = created.call;
     record_call_id(call.id);
     if !created.created && !same_request(&call, &new) {
@@ -201,7 +201,7 @@ pub async fn get(
     CallIdPath(id): CallIdPath,
 ) -> Result<Json<Call>, ApiError> {
     record_call_id(id);
-    Ok(Json(state.orchestrator().get_call(id).await?))
+    Ok(Json(state.engine().get_call(id).await?))
 }
 
 /// `PATCH /calls/{id}`: replaces `to`, `scriptId` and/or `metadata` of a
@@ -217,7 +217,7 @@ pub async fn update(
 ) -> Result<Json<Call>, ApiError> {
     record_call_id(id);
     let patch = PayloadPatch::try_from(request).map_err(ApiError::Invalid)?;
-    Ok(Json(state.orchestrator().update_call(id, &patch).await?))
+    Ok(Json(state.engine().update_call(id, &patch).await?))
 }
 
 /// `GET /calls?status=S&page=P&pageSize=N`: calls newest first, optionally
@@ -231,7 +231,7 @@ pub async fn list(
     query: QueryPairs,
 ) -> Result<Json<orchestrator_core::store::Page>, ApiError> {
     let list_query = list_query(&query)?;
-    Ok(Json(state.orchestrator().list_calls(&list_query).await?))
+    Ok(Json(state.engine().list_calls(&list_query).await?))
 }
 
 fn list_query(query: &QueryPairs) -> Result<ListQuery, ApiError> {

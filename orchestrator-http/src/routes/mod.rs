@@ -3,7 +3,7 @@
 //! OpenAPI tests check the document against it, so a route cannot be added
 //! without being documented.
 //!
-//! Handlers translate HTTP to [`Orchestrator`](orchestrator_core::Orchestrator)
+//! Handlers translate HTTP to [`Engine`](orchestrator_core::Engine)
 //! calls and errors to problem documents; no business rule lives here. They
 //! depend on [`crate::state`], [`crate::extract`] and [`crate::problem`], never
 //! on the router.

@@ -33,7 +33,7 @@ pub async fn health() -> Json<serde_json::Value> {
 /// # Errors
 /// 503 as a problem document when the store cannot be reached.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    match state.orchestrator().ready().await {
+    match state.engine().ready().await {
         Ok(()) => Ok(Json(json!({"status": "ready"}))),
         Err(EngineError::Store(error)) => Err(ApiError::StoreUnavailable(error)),
         Err(other) => Err(other.into()),
@@ -48,11 +48,11 @@ pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let counts = state.orchestrator().counts().await?;
+    let counts = state.engine().counts().await?;
     let mut response = match negotiate(&headers) {
         Format::Json => Json(counts).into_response(),
         Format::Prometheus => {
-            let cap = state.orchestrator().config().max_concurrent_calls;
+            let cap = state.engine().config().max_concurrent_calls;
             let text = prometheus_text(&counts, cap, state.metrics());
             (
                 [(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))],

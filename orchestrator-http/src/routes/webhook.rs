@@ -97,7 +97,7 @@ pub async fn call_status(
     let webhook: CallStatusWebhook = parse_json(&body)?;
     let report = StatusReport::try_from(webhook).map_err(ApiError::Invalid)?;
     let delivery = WebhookDelivery { report, attempt };
-    let outcome = state.orchestrator().handle_webhook(delivery).await?;
+    let outcome = state.engine().handle_webhook(delivery).await?;
     let call = outcome.call();
     if attempt.is_none() {
         record_call_id(call.id);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use orchestrator_core::store::StoreError;
 use orchestrator_core::{
-    MemoryStore, Orchestrator, Provider, SimulatedProvider, SimulationConfig, Store,
+    Engine, MemoryStore, Provider, SimulatedProvider, SimulationConfig, Store,
 };
 use reqwest::Url;
 #[cfg(feature = "postgres")]
@@ -101,7 +101,7 @@ pub async fn serve(
 pub struct Running {
     local_addr: SocketAddr,
     public_base_url: Url,
-    orchestrator: Orchestrator,
+    engine: Engine,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), AppError>>,
 }
@@ -121,8 +121,8 @@ impl Running {
 
     /// The engine.
     #[must_use]
-    pub fn orchestrator(&self) -> &Orchestrator {
-        &self.orchestrator
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// Graceful stop: stops accepting, finishes requests in flight, then stops
@@ -242,7 +242,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             )
         }
     };
-    let orchestrator = Orchestrator::builder(store, provider)
+    let orchestrator = Engine::builder(store, provider)
         .config(config.engine.clone())
         .build()?;
     if config.provider.is_some() && config.webhook_secret.is_none() {
@@ -277,7 +277,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     Ok(Running {
         local_addr,
         public_base_url,
-        orchestrator,
+        engine: orchestrator,
         stop,
         task,
     })

@@ -12,7 +12,7 @@ use orchestrator_core::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, StoreError,
 };
 use orchestrator_core::{
-    AttemptRef, Call, CallId, DialError, DialRequest, Dialled, MemoryStore, NewCall, Orchestrator,
+    AttemptRef, Call, CallId, DialError, DialRequest, Dialled, Engine, MemoryStore, NewCall,
     PayloadPatch, Provider, Store,
 };
 use orchestrator_http::{router, AppState, Limits, WebhookSecret};
@@ -79,7 +79,7 @@ impl Provider for GatedProvider {
 /// A router and the engine behind it (not started: tests call `tick`).
 pub struct TestApp {
     pub router: Router,
-    pub engine: Orchestrator,
+    pub engine: Engine,
 }
 
 impl TestApp {
@@ -191,8 +191,8 @@ impl TestApp {
     }
 }
 
-fn engine(store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Orchestrator {
-    Orchestrator::builder(store, provider)
+fn engine(store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Engine {
+    Engine::builder(store, provider)
         .seed(7)
         .build()
         .expect("default engine config is valid")
