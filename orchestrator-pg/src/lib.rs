@@ -39,8 +39,10 @@ mod create;
 mod error;
 mod listen;
 mod migrate;
+mod purge;
 mod read;
 mod row;
+mod schema;
 mod settle;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -50,4 +52,5 @@ mod update;
 
 pub use listen::LISTENER_APPLICATION_NAME;
 pub use migrate::MIGRATOR;
-pub use store::PgStore;
+pub use schema::{InvalidSchemaName, SchemaName};
+pub use store::{PgStore, PgStoreOptions};
