@@ -30,7 +30,18 @@ const MAINTENANCE_DATABASES: [&str; 2] = ["postgres", "template1"];
 /// run, so processes starting together apply each migration once.
 pub(crate) async fn run(pool: &PgPool, schema: &SchemaName) -> Result<(), PgError> {
     create_schema_if_missing(pool, schema).await?;
-    Ok(MIGRATOR.run(pool).await?)
+    let mut connection = pool.acquire().await?;
+    match MIGRATOR.run(&mut *connection).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            // sqlx leaves its session-level lock held when a run fails; a
+            // pooled connection would keep it, and every later migration of
+            // this database, in any process, would wait for it forever.
+            // Closing the connection releases it.
+            let _ = connection.detach().close().await;
+            Err(error.into())
+        }
+    }
 }
 
 /// Checks before creating, so a role that owns an existing schema but may
