@@ -671,3 +671,41 @@ async fn create_database_if_missing_reports_a_role_that_may_not_create_one() {
     let printed = format!("{:#}", anyhow::Error::from(error));
     assert!(printed.contains("permission denied"), "{printed}");
 }
+
+#[tokio::test]
+async fn a_fresh_role_with_createdb_creates_and_migrates_its_database() {
+    // The documented first start: a login role with CREATEDB, then
+    // `migrate --create-database` on a URL naming a database not made yet.
+    let url = testing::fresh_database_url().await;
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let role = format!("{database}_orchestrator");
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD 'p@ss:w/rd' CREATEDB"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let as_role = on_database(
+        &url.replacen("postgres@", &format!("{role}:p%40ss%3Aw%2Frd@"), 1),
+        &format!("{database}_own"),
+    );
+
+    assert!(PgStore::create_database_if_missing(&as_role).await.unwrap());
+    let store = PgStore::connect(&as_role).await.expect("connect");
+    store
+        .migrate()
+        .await
+        .expect("the owner may create tables in public");
+    store
+        .create(CallId::new_v7(t(0)), &new_call(1), t(0))
+        .await
+        .unwrap();
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(owner, role);
+}

@@ -305,3 +305,42 @@ async fn from_pool_lives_in_the_pools_schema() {
         .unwrap();
     assert_eq!(store.counts().await.unwrap().total(), 1);
 }
+
+#[tokio::test]
+async fn a_role_without_rights_on_the_database_migrates_into_a_schema_made_for_it() {
+    let url = testing::fresh_database_url().await;
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let role = format!("{database}_app");
+    let admin = host_pool(&url).await;
+    for statement in [
+        format!("CREATE ROLE \"{role}\" LOGIN"),
+        format!("CREATE SCHEMA orchestrator AUTHORIZATION \"{role}\""),
+    ] {
+        sqlx::query(&statement).execute(&admin).await.unwrap();
+    }
+    let as_role = url.replacen("postgres@", &format!("{role}@"), 1);
+
+    let store = migrated(&as_role, "orchestrator").await;
+    store
+        .create(CallId::new_v7(t(0)), &new_call(1), t(0))
+        .await
+        .unwrap();
+
+    // A schema that does not exist needs the right to create it.
+    let elsewhere = PgStore::connect_with(&as_role, &in_schema("elsewhere"))
+        .await
+        .unwrap();
+    let error = elsewhere
+        .migrate()
+        .await
+        .expect_err("may not create schemas");
+    assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+    sqlx::query(&format!(
+        "GRANT CREATE ON DATABASE \"{database}\" TO \"{role}\""
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    elsewhere.migrate().await.expect("the schema is created");
+    assert_eq!(elsewhere.counts().await.unwrap().total(), 0);
+}
