@@ -150,6 +150,7 @@ async fn verify_full_with_a_wrong_ca_is_refused_naming_the_server() {
         "{printed}"
     );
     assert!(printed.contains("certificate"), "{printed}");
+    println!("{printed}");
 }
 
 #[tokio::test]
