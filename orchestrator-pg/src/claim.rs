@@ -2,9 +2,10 @@
 //!
 //! One transaction per claim:
 //! 1. `pg_advisory_xact_lock` serialises claimers across every process and
-//!    connection sharing the database (the lock is held until commit or
+//!    connection sharing the schema (the lock is held until commit or
 //!    rollback; a crashed client's transaction is rolled back by the server,
-//!    which releases it).
+//!    which releases it). Its key is the schema's (see `crate::schema`), so
+//!    stores in other schemas of the database claim independently.
 //! 2. Under the lock, a fresh snapshot (READ COMMITTED takes one per
 //!    statement) reads the `IN_PROGRESS` calls: their count is exact up to
 //!    settlements committing concurrently, which can only make it too high,
@@ -42,9 +43,7 @@ use uuid::Uuid;
 
 use crate::error::PgError;
 use crate::row::{call_columns, calls, CallRow};
-
-/// The advisory lock every claimer takes (two-key form; see the migration).
-pub(crate) const CLAIM_LOCK: (i32, i32) = (1_869_771_365, 1);
+use crate::schema::LockKey;
 
 /// Largest page of candidates read at once: bounds the rows one claim locks
 /// beyond those it takes.
@@ -93,24 +92,33 @@ const TAKE: &str = concat!(
     SELECT * FROM claimed ORDER BY created_at, id"
 );
 
-/// Claims as [`orchestrator_core::Store::claim`] says, in one transaction.
-pub(crate) async fn claim(pool: &PgPool, request: &ClaimRequest) -> Result<Vec<Call>, PgError> {
+/// Claims as [`orchestrator_core::Store::claim`] says, in one transaction,
+/// under the advisory lock `lock`.
+pub(crate) async fn claim(
+    pool: &PgPool,
+    lock: LockKey,
+    request: &ClaimRequest,
+) -> Result<Vec<Call>, PgError> {
     if request.limit == 0 || request.max_in_flight == 0 {
         return Ok(Vec::new());
     }
     // A fresh transaction: the lock has to come before any snapshot this
     // claim relies on.
     let mut tx = pool.begin().await?;
-    let claimed = claim_locked(&mut tx, request).await?;
+    let claimed = claim_locked(&mut tx, lock, request).await?;
     tx.commit().await?;
     Ok(claimed)
 }
 
 /// Steps 1 to 4, in `tx`.
-async fn claim_locked(tx: &mut PgConnection, request: &ClaimRequest) -> Result<Vec<Call>, PgError> {
+async fn claim_locked(
+    tx: &mut PgConnection,
+    lock: LockKey,
+    request: &ClaimRequest,
+) -> Result<Vec<Call>, PgError> {
     sqlx::query(LOCK)
-        .bind(CLAIM_LOCK.0)
-        .bind(CLAIM_LOCK.1)
+        .bind(lock.0)
+        .bind(lock.1)
         .execute(&mut *tx)
         .await?;
     let mut excluded: Vec<String> = sqlx::query_scalar(BUSY).fetch_all(&mut *tx).await?;

@@ -12,6 +12,7 @@ use sqlx::{PgExecutor, PgPool};
 use tracing::debug;
 
 use crate::error::PgError;
+use crate::schema::LockKey;
 
 /// How often each store folds the delta rows. One fold covers every writer
 /// in every process, so the table holds about this many seconds of changes.
@@ -52,15 +53,18 @@ fn non_negative(count: i64) -> Result<u64, PgError> {
         .map_err(|_| PgError::Corrupt(format!("call_status_counts sums to {count}")))
 }
 
-/// Folds the delta rows every [`COMPACT_EVERY`] until aborted. Failures are
+/// Folds the delta rows every [`COMPACT_EVERY`] until aborted, under the
+/// advisory lock `lock` (the schema's: see `crate::schema`). Failures are
 /// harmless (counts stay exact, only slower to sum) and expected before the
 /// migrations ran, so they are logged at debug level only.
-pub(crate) async fn compact_periodically(pool: PgPool) {
+pub(crate) async fn compact_periodically(pool: PgPool, lock: LockKey) {
     let mut ticks = tokio::time::interval(COMPACT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Err(error) = sqlx::query("SELECT compact_call_status_counts()")
+        if let Err(error) = sqlx::query("SELECT compact_call_status_counts($1, $2)")
+            .bind(lock.0)
+            .bind(lock.1)
             .execute(&pool)
             .await
         {

@@ -21,6 +21,8 @@ use orchestrator_core::state::TransitionError;
 use orchestrator_core::StoreError;
 use sqlx::migrate::MigrateError;
 
+use crate::schema::{InvalidSchemaName, SchemaName};
+
 /// A failure inside this crate, before it becomes a [`StoreError`].
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PgError {
@@ -78,6 +80,25 @@ pub(crate) enum PgError {
     /// The server did not answer in time.
     #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
+    /// Unqualified names resolve to another schema than the store's: its
+    /// tables would be read and written somewhere else than configured.
+    #[error(
+        "unqualified names resolve to schema {found:?}, not to the store's schema \
+         {expected:?}: configure the store's schema as {found:?}, or change the \
+         role's search_path"
+    )]
+    OtherSchema {
+        /// The store's schema.
+        expected: SchemaName,
+        /// What `current_schema()` answered.
+        found: String,
+    },
+    /// The schema of a pool handed to the store cannot be a store's schema.
+    #[error("the pool's schema cannot hold a store")]
+    PoolSchema(#[source] InvalidSchemaName),
+    /// No schema of the pool's `search_path` exists.
+    #[error("no schema of the pool's search_path exists")]
+    NoSchema,
 }
 
 impl PgError {
@@ -95,6 +116,18 @@ impl PgError {
         match error {
             sqlx::Error::Configuration(source) => PgError::Url(source),
             other => PgError::Query(SqlxError(other)),
+        }
+    }
+
+    /// Whether the server refused a connection because the database does
+    /// not exist (3D000) or the role may not connect to it (42501).
+    pub(crate) fn is_missing_or_forbidden_database(&self) -> bool {
+        match self {
+            PgError::Connect {
+                source: SqlxError(sqlx::Error::Database(db)),
+                ..
+            } => matches!(db.code().as_deref(), Some("3D000" | "42501")),
+            _ => false,
         }
     }
 
@@ -155,13 +188,33 @@ impl SqlxError {
     /// Whether the server cannot serve us now, as opposed to the statement
     /// being wrong.
     fn is_unavailable(&self) -> bool {
+        if self.is_tls_failure() {
+            // A certificate that is not trusted or names another server, a
+            // server without TLS: retrying will not change it.
+            return false;
+        }
         match &self.0 {
             sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => db.code().is_some_and(|code| unavailable_sqlstate(&code)),
+            _ => false,
+        }
+    }
+}
+
+impl SqlxError {
+    /// Whether TLS failed: sqlx's own TLS errors (no TLS on the server, an
+    /// unreadable root certificate), and rustls's handshake failures (an
+    /// untrusted certificate, a name mismatch), which reach us wrapped in
+    /// an `InvalidData` I/O error.
+    fn is_tls_failure(&self) -> bool {
+        match &self.0 {
+            sqlx::Error::Tls(_) => true,
+            sqlx::Error::Io(error) => error
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()),
             _ => false,
         }
     }
@@ -172,9 +225,11 @@ impl fmt::Display for SqlxError {
         if self.0.source().is_none() {
             return fmt::Display::fmt(&self.0, f);
         }
+        if self.is_tls_failure() {
+            return f.write_str("TLS error");
+        }
         match &self.0 {
             sqlx::Error::Io(_) => f.write_str("I/O error"),
-            sqlx::Error::Tls(_) => f.write_str("TLS error"),
             sqlx::Error::Configuration(_) => f.write_str("invalid connection settings"),
             // The SQLSTATE and the constraint are ids; the server's message
             // is the source.
@@ -276,6 +331,21 @@ mod tests {
             StoreError::from(error),
             StoreError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn tls_failures_are_backend_failures_named_as_tls() {
+        let untrusted = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        let no_tls = sqlx::Error::Tls("server does not support TLS".into());
+        for error in [untrusted, no_tls] {
+            let error = StoreError::from(PgError::connect("db.example:5432".into(), error));
+            assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+            assert_eq!(chain(&error)[2], "TLS error");
+            assert_each_cause_once(&error);
+        }
     }
 
     #[test]

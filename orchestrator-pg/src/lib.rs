@@ -14,20 +14,47 @@
 //!   - `claim`: the claim transaction (the cap and the per-number rule);
 //!   - `settle`: end an attempt, record the provider's id for one;
 //!   - `timers`: expiry, lapsed leases, the next instant anything is due;
-//!   - `counts`: exact per-status counts that stay cheap at millions of calls.
+//!   - `counts`: exact per-status counts that stay cheap at millions of calls;
+//!   - `purge`: retention, deleting ended calls in small batches.
 //! - `connect`: opening the pool (a failure names the server tried), ping.
+//! - `schema`: the schema a store lives in ([`SchemaName`],
+//!   [`PgStoreOptions::schema`]) and the channel and lock keys derived from it.
 //! - `listen`: the LISTEN task behind [`PgStore::subscribe`](orchestrator_core::Store::subscribe).
 //! - `row`: a `calls` row to a [`Call`](orchestrator_core::Call).
 //! - `error`: the one mapping from PostgreSQL failures to
 //!   [`StoreError`](orchestrator_core::StoreError) categories.
-//! - [`MIGRATOR`]: the schema, embedded from `migrations/`.
-//! - `testing` (feature `testing`): a fresh database per test.
+//! - `migrate` ([`MIGRATOR`]): the schema, embedded from `migrations/`;
+//!   creating the database and the store's schema.
+//! - `testing` (feature `testing`): a fresh database per test, and clusters
+//!   of a test's own.
+//!
+//! # Connecting
+//!
+//! The URL is `postgres://user:password@host:port/database` with libpq's
+//! TLS parameters: `sslmode` (`disable`, `prefer` (the default), `require`,
+//! `verify-ca`, `verify-full`), `sslrootcert` (a PEM file of the CA that
+//! signed the server's certificate; without it only the Mozilla roots
+//! compiled in are trusted), `sslcert` and `sslkey`. TLS is rustls; a
+//! certificate that cannot be verified fails the connection with
+//! [`StoreError::Backend`](orchestrator_core::StoreError::Backend) naming
+//! the server.
+//!
+//! A store lives in one schema, `public` unless [`PgStoreOptions::schema`]
+//! names another: its tables, functions and its own `_sqlx_migrations` are
+//! there, its notification channel and advisory locks are keyed by it. In a
+//! database shared with another application, give it a schema of its own.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), orchestrator_core::StoreError> {
-//! use orchestrator_pg::PgStore;
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use orchestrator_pg::{PgStore, PgStoreOptions, SchemaName};
 //!
-//! let store = PgStore::connect("postgres://orchestrator@localhost/orchestrator").await?;
+//! let url = "postgres://orchestrator:secret@db.example.com/app?sslmode=verify-full";
+//! PgStore::create_database_if_missing(url).await?;
+//! let options = PgStoreOptions {
+//!     schema: SchemaName::new("orchestrator")?,
+//!     ..PgStoreOptions::default()
+//! };
+//! let store = PgStore::connect_with(url, &options).await?;
 //! store.migrate().await?;
 //! # Ok(()) }
 //! ```
@@ -39,8 +66,10 @@ mod create;
 mod error;
 mod listen;
 mod migrate;
+mod purge;
 mod read;
 mod row;
+mod schema;
 mod settle;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -50,4 +79,5 @@ mod update;
 
 pub use listen::LISTENER_APPLICATION_NAME;
 pub use migrate::MIGRATOR;
-pub use store::PgStore;
+pub use schema::{InvalidSchemaName, SchemaName};
+pub use store::{PgStore, PgStoreOptions};

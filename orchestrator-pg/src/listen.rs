@@ -1,4 +1,5 @@
-//! Cross-process wake-ups: LISTEN on the channel the `calls` triggers NOTIFY.
+//! Cross-process wake-ups: LISTEN on the channel the `calls` triggers NOTIFY
+//! (one per schema: see `crate::schema`).
 //!
 //! Every [`crate::PgStore`] runs one listener task on a dedicated connection
 //! (outside the main pool, so a busy pool never delays a wake-up). Each
@@ -15,9 +16,6 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::{debug, warn};
-
-/// The channel the migrations' triggers notify.
-pub(crate) const CHANNEL: &str = "orchestrator_calls";
 
 /// The `application_name` of listening connections, so operators (and
 /// tests) can tell them apart in `pg_stat_activity`.
@@ -43,23 +41,28 @@ pub(crate) fn listener_pool(pool: &PgPool) -> PgPool {
         )
 }
 
-/// A listener on [`CHANNEL`].
-pub(crate) async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+/// A listener on `channel`.
+pub(crate) async fn connect(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen(channel).await?;
     Ok(listener)
 }
 
 /// Runs until aborted: bumps `changes` on every notification and after every
-/// reconnect. `listener` is already listening.
-pub(crate) async fn run(pool: PgPool, listener: PgListener, changes: Arc<watch::Sender<u64>>) {
+/// reconnect. `listener` is already listening on `channel`.
+pub(crate) async fn run(
+    pool: PgPool,
+    listener: PgListener,
+    channel: String,
+    changes: Arc<watch::Sender<u64>>,
+) {
     let bump = || changes.send_modify(|generation| *generation = generation.wrapping_add(1));
     let mut listener = Some(listener);
     let mut backoff = MIN_BACKOFF;
     loop {
         let mut current = match listener.take() {
             Some(current) => current,
-            None => match connect(&pool).await {
+            None => match connect(&pool, &channel).await {
                 Ok(current) => {
                     debug!("listener reconnected");
                     backoff = MIN_BACKOFF;

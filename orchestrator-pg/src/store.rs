@@ -16,12 +16,14 @@ use orchestrator_core::call::{AttemptRef, Call, CallId, NewCall, PayloadPatch};
 use orchestrator_core::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
 };
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::PgError;
-use crate::{claim, connect, counts, create, listen, migrate, read, settle, timers, update};
+use crate::schema::{Namespace, SchemaName};
+use crate::{claim, connect, counts, create, listen, migrate, purge, read, settle, timers, update};
 
 /// Connections of the pool [`PgStore::connect`] opens.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -30,17 +32,56 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// [`StoreError::Unavailable`].
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How [`PgStore::connect_with`] connects. `Default` is what
+/// [`PgStore::connect`] uses; set the fields that differ:
+///
+/// ```
+/// # fn demo() -> Result<(), orchestrator_pg::InvalidSchemaName> {
+/// use orchestrator_pg::{PgStoreOptions, SchemaName};
+///
+/// let options = PgStoreOptions {
+///     schema: SchemaName::new("orchestrator")?,
+///     ..PgStoreOptions::default()
+/// };
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PgStoreOptions {
+    /// The schema the store's tables, functions and migrations table live
+    /// in; [`PgStore::migrate`] creates it if missing. Default `public`.
+    /// A database shared with another application should give the store a
+    /// schema of its own: its `_sqlx_migrations` then cannot meet the
+    /// application's, nor its tables the application's.
+    pub schema: SchemaName,
+    /// Connections of the pool. Default [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: u32,
+    /// How long a refused connection is retried at start, and how long a
+    /// query waits for a free connection. Default [`DEFAULT_ACQUIRE_TIMEOUT`].
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgStoreOptions {
+    fn default() -> Self {
+        Self {
+            schema: SchemaName::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
 /// A [`Store`] on PostgreSQL. Cheap to clone: clones share the pool, the
 /// listener and the change counter.
 ///
-/// Construct with [`PgStore::connect`] or [`PgStore::from_pool`], then apply
-/// the schema with [`PgStore::migrate`]. Each store runs two background
-/// tasks on the tokio runtime it was built in (the LISTEN connection, and
-/// the folding of the status counters); they stop when the last clone is
-/// dropped.
+/// Construct with [`PgStore::connect`], [`PgStore::connect_with`] or
+/// [`PgStore::from_pool`], then apply the schema with [`PgStore::migrate`].
+/// Each store runs two background tasks on the tokio runtime it was built in
+/// (the LISTEN connection, and the folding of the status counters); they
+/// stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    namespace: Arc<Namespace>,
     changes: Arc<watch::Sender<u64>>,
     _background: Arc<Background>,
 }
@@ -60,70 +101,161 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
             .field("pool", &self.pool)
+            .field("schema", &self.namespace.schema)
             .finish_non_exhaustive()
     }
 }
 
 impl PgStore {
-    /// Opens a pool of up to [`DEFAULT_MAX_CONNECTIONS`] connections to
-    /// `database_url` (`postgres://user:password@host:port/database`) and
-    /// starts listening for changes. A refused connection is retried for up
-    /// to [`DEFAULT_ACQUIRE_TIMEOUT`], in case the server is still starting.
-    /// Does not apply migrations: call [`migrate`](Self::migrate).
+    /// [`connect_with`](Self::connect_with) with the default options: a
+    /// store in schema `public`, a pool of up to [`DEFAULT_MAX_CONNECTIONS`]
+    /// connections.
+    ///
+    /// # Errors
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(database_url, &PgStoreOptions::default()).await
+    }
+
+    /// Opens a pool to `database_url` (`postgres://user:password@host:port/database`,
+    /// with `?sslmode=require`, `verify-ca` or `verify-full` for TLS, and
+    /// `sslrootcert=<path to a PEM file>` for a CA not among the Mozilla
+    /// roots compiled in) and starts listening for changes. A refused
+    /// connection is retried for up to `options.acquire_timeout`, in case
+    /// the server is still starting. Every connection resolves unqualified
+    /// names in `options.schema` (see [`PgStoreOptions::schema`]). Does not
+    /// apply migrations: call [`migrate`](Self::migrate).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the server cannot be reached;
-    /// [`StoreError::Backend`] for a malformed URL, a refused login or a
-    /// missing database. A connection failure names the host and port (or
-    /// socket) it tried, never the credentials.
-    pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+    /// [`StoreError::Backend`] for a malformed URL, a refused login, a
+    /// missing database, a TLS failure (certificate not trusted, name not
+    /// matching), or when the server's `search_path` resolves the store's
+    /// names to another schema than `options.schema` (a store in `public`
+    /// on a role whose own schema comes first). A connection failure names
+    /// the host and port (or socket) it tried, never the credentials.
+    pub async fn connect_with(
+        database_url: &str,
+        options: &PgStoreOptions,
+    ) -> Result<Self, StoreError> {
+        let connect_options = connect::options(database_url, &options.schema)?;
         let pool = connect::open(
-            database_url,
-            DEFAULT_MAX_CONNECTIONS,
-            DEFAULT_ACQUIRE_TIMEOUT,
+            connect_options,
+            &options.schema,
+            options.max_connections,
+            options.acquire_timeout,
         )
         .await?;
-        Self::from_pool(pool).await
+        Ok(Self::start(pool, options.schema.clone()).await?)
     }
 
-    /// A store on an existing pool. Opens one more connection, outside the
-    /// pool, with the same options, to LISTEN for changes made by other
-    /// processes; returns once it listens, so no change committed after this
-    /// returns goes unnoticed. Must be called inside a tokio runtime.
+    /// A store on an existing pool, in the schema its connections resolve
+    /// unqualified names to (`current_schema()`, which must be a valid
+    /// [`SchemaName`]). Opens one more connection, outside the pool, with
+    /// the same options, to LISTEN for changes made by other processes;
+    /// returns once it listens, so no change committed after this returns
+    /// goes unnoticed. Must be called inside a tokio runtime.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the listening connection cannot be
-    /// opened; [`StoreError::Backend`] for other failures.
+    /// opened; [`StoreError::Backend`] when no schema of the pool's
+    /// `search_path` exists or its name cannot be a [`SchemaName`], and for
+    /// other failures.
     pub async fn from_pool(pool: PgPool) -> Result<Self, StoreError> {
+        let schema = connect::current_schema(&pool)
+            .await?
+            .ok_or(PgError::NoSchema)?;
+        let schema = SchemaName::new(&schema).map_err(PgError::PoolSchema)?;
+        Ok(Self::start(pool, schema).await?)
+    }
+
+    async fn start(pool: PgPool, schema: SchemaName) -> Result<Self, PgError> {
+        let namespace = Arc::new(Namespace::new(schema));
         let listener_pool = listen::listener_pool(&pool);
-        let listener = listen::connect(&listener_pool)
+        let listener = listen::connect(&listener_pool, &namespace.channel)
             .await
             .map_err(|error| PgError::connect(connect::target(&pool.connect_options()), error))?;
         let changes = Arc::new(watch::Sender::new(0));
         let tasks = vec![
-            tokio::spawn(listen::run(listener_pool, listener, Arc::clone(&changes))),
-            tokio::spawn(counts::compact_periodically(pool.clone())),
+            tokio::spawn(listen::run(
+                listener_pool,
+                listener,
+                namespace.channel.clone(),
+                Arc::clone(&changes),
+            )),
+            tokio::spawn(counts::compact_periodically(
+                pool.clone(),
+                namespace.compact_lock,
+            )),
         ];
         Ok(Self {
             pool,
+            namespace,
             changes,
             _background: Arc::new(Background(tasks)),
         })
     }
 
-    /// Applies the embedded migrations ([`MIGRATOR`](crate::MIGRATOR)) that
-    /// are not applied yet. Safe to run from several processes at once (sqlx
-    /// serialises them with an advisory lock) and again on every start.
+    /// Creates the database `database_url` names (by default the user's
+    /// name, as in PostgreSQL) unless it exists, and returns whether it did.
+    /// Connects with the URL's host, credentials and TLS settings to the
+    /// server's `postgres` database (or `template1` when `postgres` is
+    /// missing or closed to the role), so the role needs the `CREATEDB`
+    /// attribute only when the database is missing. A refused connection is
+    /// retried for up to [`DEFAULT_ACQUIRE_TIMEOUT`].
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); [`StoreError::Backend`] also when the
+    /// role may not create the database.
+    pub async fn create_database_if_missing(database_url: &str) -> Result<bool, StoreError> {
+        let options = database_url
+            .parse::<PgConnectOptions>()
+            .map_err(PgError::url)?;
+        Ok(migrate::create_database_if_missing(&options, DEFAULT_ACQUIRE_TIMEOUT).await?)
+    }
+
+    /// Creates the store's schema if it is missing, then applies the
+    /// embedded migrations ([`MIGRATOR`](crate::MIGRATOR)) that are not
+    /// applied yet, recording them in the schema's own `_sqlx_migrations`
+    /// table. Safe to run from several processes at once (sqlx serialises
+    /// them with an advisory lock) and again on every start.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the server cannot be reached;
-    /// [`StoreError::Backend`] when a migration fails or the applied ones
-    /// differ from the embedded ones.
+    /// [`StoreError::Backend`] when the schema cannot be created, a
+    /// migration fails or the applied ones differ from the embedded ones.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Ok(migrate::run(&self.pool).await?)
+        Ok(migrate::run(&self.pool, &self.namespace.schema).await?)
     }
 
-    /// The connection pool, e.g. for health checks or ad-hoc queries.
+    /// Deletes up to `limit` calls in a terminal status (`COMPLETED`,
+    /// `FAILED`, `EXPIRED`, any status the state machine calls terminal)
+    /// whose `ended_at` is before `cutoff`, oldest end first, with their
+    /// attempt history and provider ids; returns how many calls it deleted.
+    /// One short transaction: call it again while it returns `limit` to
+    /// purge a backlog in small batches. Rows another transaction holds are
+    /// skipped, not waited for. Counts stay exact. A webhook naming a
+    /// deleted call's provider id later finds no call.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the server cannot be reached;
+    /// [`StoreError::Backend`] for other failures.
+    pub async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        Ok(purge::ended_before(&self.pool, cutoff, limit).await?)
+    }
+
+    /// The schema the store lives in.
+    #[must_use]
+    pub fn schema(&self) -> &SchemaName {
+        &self.namespace.schema
+    }
+
+    /// The connection pool, e.g. for health checks or ad-hoc queries. Its
+    /// connections resolve unqualified names in [`schema`](Self::schema).
     #[must_use]
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -170,7 +302,7 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        Ok(claim::claim(&self.pool, request).await?)
+        Ok(claim::claim(&self.pool, self.namespace.claim_lock, request).await?)
     }
 
     async fn record_dial(

@@ -13,6 +13,10 @@
 //!
 //! When neither is possible this panics with what to install: a test that
 //! needs PostgreSQL never passes without one.
+//!
+//! [`start_cluster`] starts a cluster of the caller's own, with extra
+//! server settings and files (a TLS certificate and key, say), always from
+//! the local server binaries.
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -77,8 +81,57 @@ fn process_started() -> u64 {
 fn server() -> Result<String, String> {
     match std::env::var("DATABASE_URL") {
         Ok(url) if !url.trim().is_empty() => Ok(url),
-        _ => start_cluster(),
+        _ => start(&ClusterConfig::default()).map(|cluster| cluster.url("postgres")),
     }
+}
+
+/// Extra configuration of a cluster started by [`start_cluster`].
+#[derive(Debug, Default)]
+pub struct ClusterConfig {
+    /// Files written into the data directory before the server starts, as
+    /// `(file name, contents)`, readable by the server's user only (as
+    /// PostgreSQL requires of a private key). Settings name them relative
+    /// to the data directory (`ssl_cert_file=server.crt`).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Server settings, `(name, value)`, passed as `-c name=value` (no
+    /// spaces in either).
+    pub settings: Vec<(String, String)>,
+}
+
+/// A throwaway PostgreSQL cluster on 127.0.0.1 that accepts user `postgres`
+/// without a password. It is stopped and its directory deleted once this
+/// process has exited.
+#[derive(Debug)]
+pub struct Cluster {
+    port: u16,
+    data: PathBuf,
+}
+
+impl Cluster {
+    /// The URL of `database` on this cluster as user `postgres`, over TCP to
+    /// 127.0.0.1, with no query parameters.
+    #[must_use]
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// The data directory, where [`ClusterConfig::files`] were written.
+    #[must_use]
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+/// Starts a cluster of its own with `config`, from the local server
+/// binaries (`DATABASE_URL` plays no part). Blocks for a second or two.
+///
+/// # Panics
+/// When the cluster cannot be started: no server binaries (the message says
+/// what to install), or the server refused `config` (the message holds the
+/// end of its log).
+#[must_use]
+pub fn start_cluster(config: &ClusterConfig) -> Cluster {
+    start(config).unwrap_or_else(|problem| panic!("cannot start a PostgreSQL cluster: {problem}"))
 }
 
 /// `url` naming database `name` instead of its own.
@@ -128,7 +181,7 @@ impl Runner {
     }
 }
 
-fn start_cluster() -> Result<String, String> {
+fn start(config: &ClusterConfig) -> Result<Cluster, String> {
     let bindir = find_bindir().ok_or_else(|| {
         format!("DATABASE_URL is not set and no PostgreSQL server binaries (initdb, pg_ctl) were found; {INSTALL_HINT}")
     })?;
@@ -168,17 +221,21 @@ fn start_cluster() -> Result<String, String> {
         .arg(&data)
         .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8"])
         .args(["--no-locale", "--no-sync"]))?;
+    write_files(&runner, &data, &config.files)?;
     let log = dir.join("server.log");
     let mut last_error = String::new();
     // A free port can be taken by someone else before the server binds it.
     for _ in 0..3 {
         let port = free_port()?;
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories='{}' \
              -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
              -c max_connections=300 -c shared_buffers=128MB",
             socket.display()
         );
+        for (name, value) in &config.settings {
+            let _ = write!(options, " -c {name}={value}");
+        }
         let started = run(runner
             .command("pg_ctl")
             .arg("-D")
@@ -187,7 +244,7 @@ fn start_cluster() -> Result<String, String> {
             .arg(&log)
             .args(["-w", "-t", "60", "-o", &options, "start"]));
         match started {
-            Ok(()) => return Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres")),
+            Ok(()) => return Ok(Cluster { port, data }),
             Err(error) => {
                 last_error = format!("{error}; server log: {}", tail(&log));
             }
@@ -197,6 +254,21 @@ fn start_cluster() -> Result<String, String> {
         "could not start a PostgreSQL cluster in {}: {last_error}",
         dir.display()
     ))
+}
+
+/// Writes `files` into `data`, owned by the server's user, mode 0600.
+fn write_files(runner: &Runner, data: &Path, files: &[(String, Vec<u8>)]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for (name, contents) in files {
+        let path = data.join(name);
+        std::fs::write(&path, contents)
+            .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        if runner.as_postgres {
+            run(Command::new("chown").arg("postgres:postgres").arg(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// A detached shell that waits for this process to exit, then stops the

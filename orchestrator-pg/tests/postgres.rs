@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use orchestrator_core::call::{CallId, CallStatus, NewCall};
 use orchestrator_core::store::{ClaimRequest, Settlement, StatusCounts};
-use orchestrator_core::{IdempotencyKey, Metadata, PhoneNumber, ScriptId, Store};
+use orchestrator_core::{IdempotencyKey, Metadata, PhoneNumber, ScriptId, Store, StoreError};
 use orchestrator_pg::{testing, PgStore, LISTENER_APPLICATION_NAME, MIGRATOR};
 use sqlx::error::ErrorKind;
 
@@ -453,4 +453,260 @@ async fn expire_due_from_many_stores_at_once_expires_each_call_once() {
     let counts = stores[0].counts().await.unwrap();
     assert_eq!(counts.get(CallStatus::Expired), 2000);
     assert_eq!(counts.get(CallStatus::Pending), 0);
+}
+
+/// Calls in every status, at known instants:
+/// - ended: 5 EXPIRED at t(25), 1 COMPLETED at t(30), 2 FAILED at t(40),
+///   7 COMPLETED at t(200);
+/// - live: 3 PENDING after a failed attempt, 4 IN_PROGRESS, 6 PENDING never
+///   dialled.
+///
+/// Calls 1 to 4 and 7 were dialled and have provider ids `p-<n>`.
+async fn calls_in_every_status(store: &PgStore) -> Vec<CallId> {
+    let mut ids = Vec::new();
+    for n in 1..=7u32 {
+        let at = t(i64::from(n));
+        let mut new = new_call(n);
+        if n == 5 || n == 6 {
+            new.not_before = Some(t(1000));
+        }
+        if n == 5 {
+            new.expires_at = Some(t(20));
+        }
+        ids.push(
+            store
+                .create(CallId::new_v7(at), &new, at)
+                .await
+                .unwrap()
+                .call
+                .id,
+        );
+    }
+    let claimed = store.claim(&claim_at(10, 10)).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    for call in &claimed {
+        let number = call.payload.to.as_str();
+        let provider_id = format!(
+            "p-{}",
+            number
+                .trim_start_matches("+1415555")
+                .trim_start_matches('0')
+        );
+        assert!(store
+            .record_dial(call.current_attempt(), &provider_id)
+            .await
+            .unwrap());
+    }
+    let attempt = |n: usize| claimed[n].current_attempt();
+    let settlements = [
+        (
+            0,
+            Settlement::Completed {
+                at: t(30),
+                duration_sec: Some(20),
+            },
+        ),
+        (
+            1,
+            Settlement::Failed {
+                error: "BUSY".into(),
+                at: t(40),
+                duration_sec: None,
+            },
+        ),
+        (
+            2,
+            Settlement::Retry {
+                error: "provider 503".into(),
+                retry_at: t(60),
+            },
+        ),
+        (
+            4,
+            Settlement::Completed {
+                at: t(200),
+                duration_sec: Some(5),
+            },
+        ),
+    ];
+    for (n, settlement) in settlements {
+        store.settle(attempt(n), settlement).await.unwrap();
+    }
+    assert_eq!(store.expire_due(t(25)).await.unwrap(), [ids[4]]);
+    ids
+}
+
+async fn rows_about(store: &PgStore, table: &str, ids: &[CallId]) -> i64 {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {table} WHERE call_id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn purge_deletes_ended_calls_oldest_first_with_everything_stored_about_them() {
+    let (_, store) = migrated_store().await;
+    let ids = calls_in_every_status(&store).await;
+    let (purged, kept) = ([ids[0], ids[1], ids[4]], [ids[2], ids[3], ids[5], ids[6]]);
+    let mut before = Vec::new();
+    for id in kept {
+        before.push(store.get(id).await.unwrap());
+    }
+
+    // Small batches, oldest end first: 5 (t25) and 1 (t30), then 2 (t40);
+    // 7 ended after the cutoff and the rest have not ended.
+    assert_eq!(store.purge_ended_before(t(100), 2).await.unwrap(), 2);
+    assert!(matches!(store.get(ids[1]).await, Ok(call) if call.status == CallStatus::Failed));
+    assert_eq!(store.purge_ended_before(t(100), 2).await.unwrap(), 1);
+    assert_eq!(store.purge_ended_before(t(100), 2).await.unwrap(), 0);
+
+    for id in purged {
+        assert!(matches!(store.get(id).await, Err(StoreError::NotFound(gone)) if gone == id));
+    }
+    for call in before {
+        assert_eq!(store.get(call.id).await.unwrap(), call, "untouched");
+    }
+    assert_eq!(rows_about(&store, "call_attempts", &purged).await, 0);
+    assert_eq!(rows_about(&store, "provider_calls", &purged).await, 0);
+    assert_eq!(rows_about(&store, "call_attempts", &kept).await, 3);
+
+    // A late webhook naming a purged call's provider id finds nothing, as
+    // for any unknown id; the live calls' ids still resolve.
+    assert_eq!(store.find_attempt("p-1").await.unwrap(), None);
+    assert_eq!(store.find_attempt("p-2").await.unwrap(), None);
+    assert!(store.find_attempt("p-3").await.unwrap().is_some());
+    assert!(store.find_attempt("p-4").await.unwrap().is_some());
+
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts, counted(&store).await);
+    assert_eq!(counts.get(CallStatus::Pending), 2);
+    assert_eq!(counts.get(CallStatus::InProgress), 1);
+    assert_eq!(counts.get(CallStatus::Completed), 1);
+    assert_eq!(counts.get(CallStatus::Failed), 0);
+    assert_eq!(counts.get(CallStatus::Expired), 0);
+    sqlx::query("SELECT compact_call_status_counts(1869771365, 2)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(store.counts().await.unwrap(), counts);
+}
+
+#[tokio::test]
+async fn purge_skips_calls_another_transaction_holds_instead_of_waiting() {
+    let (_, store) = migrated_store().await;
+    let ids = calls_in_every_status(&store).await;
+    let mut holder = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM calls WHERE id = $1 FOR UPDATE")
+        .bind(ids[0].0)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let purged = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.purge_ended_before(t(100), 10),
+    )
+    .await
+    .expect("purge does not wait for a held row")
+    .unwrap();
+    assert_eq!(purged, 2, "calls 2 and 5; call 1 is held");
+    holder.rollback().await.unwrap();
+    assert_eq!(store.purge_ended_before(t(100), 10).await.unwrap(), 1);
+    assert_eq!(store.counts().await.unwrap(), counted(&store).await);
+}
+
+/// `url` naming database `name` (percent-encoded) instead of its own.
+fn on_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (server, _) = base.rsplit_once('/').unwrap();
+    format!("{server}/{name}?{query}")
+}
+
+#[tokio::test]
+async fn create_database_if_missing_creates_it_once_and_the_store_migrates_there() {
+    let url = testing::fresh_database_url().await;
+    let name = format!("{}_new \"db\"", url.rsplit_once('/').unwrap().1);
+    // The name needs quoting: a space and double quotes.
+    let new_url = on_database(&url, &name.replace(' ', "%20").replace('"', "%22"));
+
+    assert!(PgStore::create_database_if_missing(&new_url).await.unwrap());
+    assert!(
+        !PgStore::create_database_if_missing(&new_url).await.unwrap(),
+        "exists now"
+    );
+    let store = PgStore::connect(&new_url).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(database, name);
+}
+
+#[tokio::test]
+async fn create_database_if_missing_reports_a_role_that_may_not_create_one() {
+    let url = testing::fresh_database_url().await;
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let role = format!("{database}_nocreatedb");
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE ROLE \"{role}\" LOGIN NOCREATEDB"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let as_role = url.replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(as_role, url, "the test URL names user postgres");
+
+    assert!(
+        !PgStore::create_database_if_missing(&as_role).await.unwrap(),
+        "an existing database needs no right"
+    );
+    let missing = on_database(&as_role, &format!("{database}_missing"));
+    let error = PgStore::create_database_if_missing(&missing)
+        .await
+        .expect_err("the role may not create databases");
+    assert!(matches!(error, StoreError::Backend(_)), "{error:?}");
+    let printed = format!("{:#}", anyhow::Error::from(error));
+    assert!(printed.contains("permission denied"), "{printed}");
+}
+
+#[tokio::test]
+async fn a_fresh_role_with_createdb_creates_and_migrates_its_database() {
+    // The documented first start: a login role with CREATEDB, then
+    // `migrate --create-database` on a URL naming a database not made yet.
+    let url = testing::fresh_database_url().await;
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let role = format!("{database}_orchestrator");
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD 'p@ss:w/rd' CREATEDB"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let as_role = on_database(
+        &url.replacen("postgres@", &format!("{role}:p%40ss%3Aw%2Frd@"), 1),
+        &format!("{database}_own"),
+    );
+
+    assert!(PgStore::create_database_if_missing(&as_role).await.unwrap());
+    let store = PgStore::connect(&as_role).await.expect("connect");
+    store
+        .migrate()
+        .await
+        .expect("the owner may create tables in public");
+    store
+        .create(CallId::new_v7(t(0)), &new_call(1), t(0))
+        .await
+        .unwrap();
+    let owner: String = sqlx::query_scalar(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(owner, role);
 }
