@@ -339,6 +339,12 @@ pub struct SimulatedProvider {
     state: Arc<Mutex<State>>,
 }
 
+impl std::fmt::Debug for SimulatedProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatedProvider").finish_non_exhaustive()
+    }
+}
+
 impl SimulatedProvider {
     /// A provider behaving as `config` says.
     #[must_use]

@@ -1145,7 +1145,7 @@ impl Store for OutageStore {
     }
 }
 
-fn unavailable<T: std::fmt::Debug>(result: Result<T, EngineError>) -> bool {
+fn unavailable<T: std::fmt::Debug>(result: &Result<T, EngineError>) -> bool {
     matches!(result, Err(EngineError::Store(StoreError::Unavailable(_))))
 }
 
@@ -1178,13 +1178,13 @@ async fn a_store_outage_fails_each_operation_as_a_store_error_until_it_ends() {
         .id;
 
     store.set_down(true);
-    assert!(unavailable(engine.ready().await));
+    assert!(unavailable(&engine.ready().await));
     assert!(unavailable(
-        engine.create_call(call_to("+966501234568")).await
+        &engine.create_call(call_to("+966501234568")).await
     ));
-    assert!(unavailable(engine.get_call(id).await));
-    assert!(unavailable(engine.counts().await));
-    assert!(unavailable(engine.tick().await));
+    assert!(unavailable(&engine.get_call(id).await));
+    assert!(unavailable(&engine.counts().await));
+    assert!(unavailable(&engine.tick().await));
     assert!(dials.lock().unwrap().is_empty());
 
     store.set_down(false);
