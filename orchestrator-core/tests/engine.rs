@@ -1,4 +1,4 @@
-//! Narrow unit tests of the engine's edge cases (SPEC sections 1, 3, 4 and 5).
+//! Narrow unit tests of the engine's edge cases: the call record, the provider contract, the webhook and the scheduling rules.
 //!
 //! Each test drives one [`Engine`] over a fresh [`MemoryStore`], a
 //! `mockall` mock of the [`Provider`] and a [`TokioClock`] on tokio's paused
@@ -715,7 +715,7 @@ async fn redial_policy_redials_busy_with_back_off_as_the_next_attempt() {
     assert_eq!(call.last_error.as_deref(), Some("NO_ANSWER"));
 }
 
-/// SPEC section 4: a webhook that fails the call sets `endedAt = completedAt`.
+/// A webhook that fails the call sets `endedAt = completedAt`.
 /// When the redial policy is out of attempts the BUSY webhook does fail the
 /// call, so the rule applies there too, with the reported duration.
 #[tokio::test(start_paused = true)]
