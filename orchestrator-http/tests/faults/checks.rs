@@ -52,24 +52,19 @@ impl Recording {
     /// The most calls in flight at once as the provider sees them, and when.
     ///
     /// A call is in flight from its dial's arrival until the provider has
-    /// refused it (a non-2xx answer) or has sent the webhook that the node
-    /// accepted; re-sends of a key are not new calls. Taking the *send* of
-    /// that webhook (before the node settles it) as the end makes this a
-    /// lower bound of the node's own count, so it can never report a breach
-    /// that did not happen.
+    /// refused it (a non-2xx answer), abandoned it, or sent the first
+    /// webhook the node may have applied (accepted, or lost after it reached
+    /// the node: a node killed mid-request may have settled it). Re-sends of
+    /// a key are not new calls. Ending at the *send* of that webhook, before
+    /// the node settles it, makes this a lower bound of the store's own
+    /// count, so it never reports a breach that did not happen.
     pub fn max_in_flight(&self) -> (usize, Option<Instant>) {
+        let intervals = self.in_flight_intervals();
         let mut events: Vec<(Instant, i32)> = Vec::new();
-        for (index, dial) in self.dials.iter().enumerate() {
-            if dial.resend {
-                continue;
-            }
-            let end = match dial.answered {
-                Some((at, status)) if !(200..300).contains(&status) => Some(at),
-                _ => self.accepted_webhook(index).map(|webhook| webhook.sent),
-            };
-            events.push((dial.received, 1));
+        for (_, start, end) in &intervals {
+            events.push((*start, 1));
             if let Some(end) = end {
-                events.push((end, -1));
+                events.push((*end, -1));
             }
         }
         // Ends before starts at the same instant.
@@ -83,6 +78,38 @@ impl Recording {
             }
         }
         (usize::try_from(most).unwrap_or(0), when)
+    }
+
+    /// The calls in flight (as [`max_in_flight`](Self::max_in_flight)
+    /// counts them) at `at`, described from `at`: for failure messages.
+    pub fn describe_in_flight(&self, at: Instant) -> String {
+        self.in_flight_intervals()
+            .into_iter()
+            .filter(|(_, start, end)| *start <= at && end.is_none_or(|end| end > at))
+            .map(|(index, ..)| self.describe(&self.dials[index].call_id, at))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// (dial index, start, end) of every call the provider started.
+    fn in_flight_intervals(&self) -> Vec<(usize, Instant, Option<Instant>)> {
+        self.dials
+            .iter()
+            .enumerate()
+            .filter(|(_, dial)| !dial.resend)
+            .map(|(index, dial)| {
+                let end = match (dial.answered, dial.abandoned) {
+                    (_, Some(at)) => Some(at),
+                    (Some((at, status)), _) if !(200..300).contains(&status) => Some(at),
+                    _ => self
+                        .webhooks
+                        .iter()
+                        .find(|webhook| webhook.dial == index && webhook.maybe_applied())
+                        .map(|webhook| webhook.sent),
+                };
+                (index, dial.received, end)
+            })
+            .collect()
     }
 
     /// The attempts of each call that reached the provider, sorted.
@@ -153,7 +180,11 @@ impl Recording {
                         "{status} at {}",
                         at(when)
                     )),
-                if dial.resend { " (re-send)" } else { "" }
+                match (dial.resend, dial.abandoned) {
+                    (true, _) => " (re-send)",
+                    (_, Some(_)) => " (abandoned: its caller was gone)",
+                    _ => "",
+                }
             ));
             for webhook in self.webhooks.iter().filter(|webhook| webhook.dial == index) {
                 lines.push(format!(

@@ -3,7 +3,7 @@
 //! A client starts `POST /calls` with `Expect: 100-continue`, waits for the
 //! `100 Continue` (so the request is in the handler, reading its body) and
 //! then sends only part of the body. The provider accepts two calls, whose
-//! webhooks it holds until just after the signal, and refuses every other
+//! webhooks it holds until a second after the signal, and refuses every other
 //! dial with 503, so slots keep freeing without webhooks and the node keeps
 //! dialling for as long as its engine runs.
 //!
@@ -26,6 +26,8 @@ use crate::{log_dir, ready, serial, wait_until, WEBHOOK_SECRET};
 const SHUTDOWN_DRAIN_SECONDS: u64 = 3;
 /// The process must be gone this long after SIGTERM.
 const EXIT_WITHIN: Duration = Duration::from_secs(SHUTDOWN_DRAIN_SECONDS + 5);
+/// When, after the signal, the held webhooks are sent: a third into the drain.
+const WEBHOOKS_AFTER: Duration = Duration::from_secs(1);
 /// A dial claimed just before the signal may still be on its way.
 const IN_TRANSIT: Duration = Duration::from_millis(250);
 
@@ -69,8 +71,13 @@ async fn sigterm_with_a_stalled_client_stops_dialling_takes_webhooks_and_exits_i
 
     node.terminate();
     let signalled = Instant::now();
+    // When the node is surely draining (the stalled client keeps the drain
+    // open for its whole bound), not in a race with the signal's delivery.
+    tokio::time::sleep_until((signalled + WEBHOOKS_AFTER).into()).await;
     provider.release_webhooks();
-    let status = node.wait_exit(EXIT_WITHIN).await;
+    let status = node
+        .wait_exit(EXIT_WITHIN.saturating_sub(signalled.elapsed()))
+        .await;
     let exited = status.map(|_| Instant::now());
     let took = signalled.elapsed();
 

@@ -12,8 +12,11 @@
 //! of the failover list, as a load balancer in front of the nodes would.
 //!
 //! A scenario can hold dial answers or webhooks at a gate and release them
-//! later, and can change the answers; every webhook attempt is recorded
-//! with its target, send time and result.
+//! later, and can change the answers. A held dial whose caller goes away
+//! (the node died) is answered all the same when released, as a provider
+//! that goes on with a request it has taken, unless the scenario asks for
+//! it to be abandoned. Every webhook attempt is recorded with its target,
+//! send time and result.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,7 +31,7 @@ use orchestrator_http::signature::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMEST
 use orchestrator_http::WebhookSecret;
 use reqwest::Url;
 use serde_json::{json, Value};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Pause between two tries of one webhook.
@@ -45,6 +48,25 @@ pub enum Answer {
     Accept,
     /// This status with a JSON error body; no call, no webhook.
     Status(u16),
+}
+
+/// Which dials wait at the gate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum DialHold {
+    None,
+    All,
+    /// Those whose `webhookUrl` names this `host:port`.
+    Node(String),
+}
+
+impl DialHold {
+    fn holds(&self, node: &str) -> bool {
+        match self {
+            DialHold::None => false,
+            DialHold::All => true,
+            DialHold::Node(held) => held == node,
+        }
+    }
 }
 
 /// One dial request as received.
@@ -66,6 +88,10 @@ pub struct Dial {
     pub provider_id: Option<String>,
     /// A repeat of an earlier dial's `Idempotency-Key`.
     pub resend: bool,
+    /// The caller went away while the dial was held.
+    pub orphaned: bool,
+    /// When the provider gave up an orphaned dial without starting the call.
+    pub abandoned: Option<Instant>,
 }
 
 /// One try of one webhook.
@@ -79,6 +105,8 @@ pub struct WebhookTry {
     pub sent: Instant,
     /// The answer's status, or why there was none.
     pub result: Result<u16, String>,
+    /// No connection could be made: the node cannot have seen it.
+    pub refused: bool,
     /// When the answer (or the error) came.
     pub finished: Instant,
 }
@@ -87,6 +115,12 @@ impl WebhookTry {
     /// Answered 2xx.
     pub fn accepted(&self) -> bool {
         matches!(self.result, Ok(status) if (200..300).contains(&status))
+    }
+
+    /// Perhaps applied: answered 2xx, or lost after it reached the node
+    /// (say, the node died before answering).
+    pub fn maybe_applied(&self) -> bool {
+        self.accepted() || (self.result.is_err() && !self.refused)
     }
 }
 
@@ -103,7 +137,7 @@ struct Shared {
     secret: WebhookSecret,
     client: reqwest::Client,
     state: Mutex<Behaviour>,
-    dial_gate: watch::Sender<bool>,
+    dial_gate: watch::Sender<DialHold>,
     webhook_gate: watch::Sender<bool>,
 }
 
@@ -117,6 +151,7 @@ struct Behaviour {
     ids_by_key: HashMap<String, String>,
     next_id: u64,
     held_dials: usize,
+    abandon_orphans: usize,
     held_webhooks: Vec<usize>,
 }
 
@@ -135,6 +170,10 @@ impl StandIn {
             secret,
             client: reqwest::Client::builder()
                 .timeout(WEBHOOK_TIMEOUT)
+                // A fresh connection per webhook, as a provider's many
+                // senders would open: a node must accept new connections
+                // to take webhooks.
+                .pool_max_idle_per_host(0)
                 .build()
                 .expect("an HTTP client"),
             state: Mutex::new(Behaviour {
@@ -147,9 +186,10 @@ impl StandIn {
                 ids_by_key: HashMap::new(),
                 next_id: 1,
                 held_dials: 0,
+                abandon_orphans: 0,
                 held_webhooks: Vec::new(),
             }),
-            dial_gate: watch::channel(false).0,
+            dial_gate: watch::channel(DialHold::None).0,
             webhook_gate: watch::channel(false).0,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -209,14 +249,29 @@ impl StandIn {
         self.with(|state| state.failover = nodes);
     }
 
+    /// Dials of the node at `url` from now on wait, unanswered, until
+    /// [`release_dials`](Self::release_dials); other nodes' are answered.
+    pub fn hold_dials_from(&self, url: &str) {
+        self.shared
+            .dial_gate
+            .send_replace(DialHold::Node(authority(url)));
+    }
+
     /// Dials from now on wait, unanswered, until [`release_dials`](Self::release_dials).
     pub fn hold_dials(&self) {
-        self.shared.dial_gate.send_replace(true);
+        self.shared.dial_gate.send_replace(DialHold::All);
     }
 
     /// Answers every held dial.
     pub fn release_dials(&self) {
-        self.shared.dial_gate.send_replace(false);
+        self.shared.dial_gate.send_replace(DialHold::None);
+    }
+
+    /// The next `count` held dials whose caller went away are given up when
+    /// released, as a provider that never got to start the call; the others
+    /// go on as usual.
+    pub fn abandon_orphans(&self, count: usize) {
+        self.with(|state| state.abandon_orphans = count);
     }
 
     /// Dials waiting at the gate.
@@ -262,24 +317,33 @@ async fn dial(
     body: Json<Value>,
 ) -> Response {
     let received = Instant::now();
-    // In a task of its own: a provider that has taken a request goes on with
-    // it when the caller disconnects (a node killed while its dial is held).
-    tokio::spawn(answer_dial(shared, headers, body, received))
+    // In a task of its own, which sees when the caller goes away (a node
+    // killed while its dial is held) and can go on with the call regardless.
+    let (mut answer, answered) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Some(response) = answer_dial(shared, headers, body, received, &mut answer).await {
+            let _ = answer.send(response);
+        }
+    });
+    answered
         .await
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
+/// The answer to one dial; `None` when the caller went away and the
+/// provider abandons the call (see [`StandIn::abandon_orphans`]).
 async fn answer_dial(
     shared: Arc<Shared>,
     headers: HeaderMap,
     body: Json<Value>,
     received: Instant,
-) -> Response {
+    caller: &mut oneshot::Sender<Response>,
+) -> Option<Response> {
     let webhook_url = body["webhookUrl"]
         .as_str()
         .and_then(|raw| Url::parse(raw).ok());
     let Some(webhook_url) = webhook_url else {
-        return (StatusCode::BAD_REQUEST, "webhookUrl is not a URL").into_response();
+        return Some((StatusCode::BAD_REQUEST, "webhookUrl is not a URL").into_response());
     };
     let query = |name: &str| {
         webhook_url
@@ -291,7 +355,7 @@ async fn answer_dial(
         query("callId"),
         query("attempt").and_then(|raw| raw.parse::<u32>().ok()),
     ) else {
-        return (StatusCode::BAD_REQUEST, "webhookUrl lacks callId/attempt").into_response();
+        return Some((StatusCode::BAD_REQUEST, "webhookUrl lacks callId/attempt").into_response());
     };
     let key = headers
         .get("idempotency-key")
@@ -308,14 +372,43 @@ async fn answer_dial(
             answered: None,
             provider_id: None,
             resend: false,
+            orphaned: false,
+            abandoned: None,
         });
         state.recording.dials.len() - 1
     });
+    let node = authority(webhook_url.as_str());
     let mut gate = shared.dial_gate.subscribe();
-    if *gate.borrow_and_update() {
+    let held = gate.borrow_and_update().holds(&node);
+    if held {
         lock(&shared, |state| state.held_dials += 1);
-        let _ = gate.wait_for(|held| !held).await;
+        let mut orphaned = false;
+        loop {
+            let held = gate.borrow_and_update().holds(&node);
+            if !held {
+                break;
+            }
+            tokio::select! {
+                biased;
+                changed = gate.changed() => if changed.is_err() { break },
+                () = caller.closed(), if !orphaned => {
+                    orphaned = true;
+                    lock(&shared, |state| state.recording.dials[index].orphaned = true);
+                }
+            }
+        }
         lock(&shared, |state| state.held_dials -= 1);
+    }
+    let abandon = lock(&shared, |state| {
+        let abandon = state.recording.dials[index].orphaned && state.abandon_orphans > 0;
+        if abandon {
+            state.abandon_orphans -= 1;
+            state.recording.dials[index].abandoned = Some(Instant::now());
+        }
+        abandon
+    });
+    if abandon {
+        return None;
     }
     let (answer, provider_id, call_duration) = lock(&shared, |state| {
         if let Some(id) = state.ids_by_key.get(&key).cloned() {
@@ -353,10 +446,10 @@ async fn answer_dial(
         ));
     }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    match provider_id {
+    Some(match provider_id {
         Some(id) => (status, Json(json!({"callId": id}))).into_response(),
         None => (status, Json(json!({"error": "stand-in told to refuse"}))).into_response(),
-    }
+    })
 }
 
 /// Posts the webhook of dial `index` after `duration`, until a 2xx.
@@ -413,6 +506,7 @@ async fn deliver(
             target: authority(target.as_str()),
             sent,
             result,
+            refused,
             finished,
         };
         let accepted = try_.accepted();

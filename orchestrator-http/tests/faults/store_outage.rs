@@ -234,10 +234,12 @@ async fn postgres_restart_and_outage_lose_nothing_and_hold_no_slot() {
     }
     let double = recording.double_dials();
     assert!(double.is_empty(), "double dials:\n{}", double.join("\n"));
-    let (most, _) = recording.max_in_flight();
+    let (most, peak) = recording.max_in_flight();
     assert!(
         most <= CAP,
-        "{most} calls in flight at the provider, cap {CAP}"
+        "{most} calls in flight at the provider, cap {CAP}; at that moment:\n{}",
+        peak.map(|at| recording.describe_in_flight(at))
+            .unwrap_or_default()
     );
 
     let refused_webhooks = recording
