@@ -1,4 +1,5 @@
-//! SIGTERM while a client holds a request open and calls are queued.
+//! SIGTERM while a client holds a request open and calls are queued, on a
+//! node over PostgreSQL (where another node would pick up what it leaves).
 //!
 //! A client starts `POST /calls` with `Expect: 100-continue`, waits for the
 //! `100 Continue` (so the request is in the handler, reading its body) and
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::cluster::Cluster;
 use crate::node::{Node, NodeSpec};
 use crate::stand_in::{Answer, StandIn};
 use crate::{log_dir, ready, serial, wait_until, WEBHOOK_SECRET};
@@ -35,6 +37,7 @@ const IN_TRANSIT: Duration = Duration::from_millis(250);
 async fn sigterm_with_a_stalled_client_stops_dialling_takes_webhooks_and_exits_in_time() {
     let _serial = serial().await;
     let logs = log_dir("sigterm");
+    let cluster = Cluster::start_new().await;
     let provider = StandIn::start().await;
     provider.set_call_duration(Duration::from_millis(300));
     // Two calls are accepted and their webhooks held until after the
@@ -47,6 +50,7 @@ async fn sigterm_with_a_stalled_client_stops_dialling_takes_webhooks_and_exits_i
         "node",
         &logs,
         &NodeSpec::new([
+            ("DATABASE_URL", cluster.url()),
             ("PROVIDER_BASE_URL", provider.url().to_owned()),
             ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
             ("MAX_CONCURRENT_CALLS", "5".to_owned()),

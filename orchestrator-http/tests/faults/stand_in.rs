@@ -27,7 +27,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use orchestrator_http::signature::{WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 use orchestrator_http::WebhookSecret;
 use reqwest::Url;
 use serde_json::{json, Value};
@@ -210,11 +209,7 @@ impl StandIn {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Behaviour) -> T) -> T {
-        f(&mut self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner))
+        lock(&self.shared, f)
     }
 
     /// Its base URL, for `PROVIDER_BASE_URL`.
@@ -490,9 +485,9 @@ async fn deliver(
             .client
             .post(target.clone())
             .header("content-type", "application/json")
-            .header(WEBHOOK_ID, signed.id)
-            .header(WEBHOOK_TIMESTAMP, signed.timestamp.to_string())
-            .header(WEBHOOK_SIGNATURE, signed.signature)
+            .header("webhook-id", signed.id)
+            .header("webhook-timestamp", signed.timestamp.to_string())
+            .header("webhook-signature", signed.signature)
             .body(body.clone())
             .send()
             .await;
