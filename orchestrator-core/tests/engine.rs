@@ -1136,6 +1136,15 @@ impl Store for OutageStore {
         self.inner.next_timer(now).await
     }
 
+    async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.up()?;
+        self.inner.purge_ended_before(cutoff, limit).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.up()
     }
