@@ -66,6 +66,15 @@ pub fn add(at: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
         .map_or(DateTime::<Utc>::MAX_UTC, truncate_to_micros)
 }
 
+/// `at - duration`, saturating at the start of representable time.
+#[must_use]
+pub fn sub(at: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| at.checked_sub_signed(delta))
+        .map_or(DateTime::<Utc>::MIN_UTC, truncate_to_micros)
+}
+
 /// How long from `now` until `at` (zero if `at` has passed).
 #[must_use]
 pub fn until(now: DateTime<Utc>, at: DateTime<Utc>) -> Duration {

@@ -94,8 +94,29 @@ pub struct EngineConfig {
     pub claim_batch: u32,
     /// Capacity of the queue of in-process webhooks (default 1024).
     pub webhook_queue: usize,
-    /// How long a graceful shutdown waits for dial requests in flight (default 10 s).
+    /// How long a graceful shutdown waits for dial requests in flight and
+    /// for store writes being retried (default 10 s).
     pub shutdown_grace: Duration,
+    /// The first delay before retrying a store write that failed (default
+    /// 100 ms). The writes retried are those that record what the provider
+    /// answered: a dial's settlement, an accepted dial's provider call id,
+    /// an in-process webhook. Each is idempotent per attempt, so it is
+    /// retried until it applies, turns out stale, or the attempt's lease
+    /// runs out (then the stale-lease path settles the attempt).
+    pub store_retry_base: Duration,
+    /// The longest delay between two tries of a store write; delays double
+    /// from [`store_retry_base`](Self::store_retry_base) up to it and are
+    /// shortened by up to half at random (default 5 s).
+    pub store_retry_max: Duration,
+    /// Most store writes being retried at once (default 10,000). A write
+    /// that fails while this many wait is not retried: it is logged and
+    /// counted, and its attempt is left to its lease, as a webhook over
+    /// HTTP is left to the provider's own retries.
+    pub max_pending_store_retries: usize,
+    /// Terminal calls whose `endedAt` is older than this are deleted from
+    /// the store, in small batches, every few seconds (`RETENTION_SECONDS`);
+    /// `None` (the default) keeps every call.
+    pub retention: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +132,10 @@ impl Default for EngineConfig {
             claim_batch: 30,
             webhook_queue: 1024,
             shutdown_grace: Duration::from_secs(10),
+            store_retry_base: Duration::from_millis(100),
+            store_retry_max: Duration::from_secs(5),
+            max_pending_store_retries: 10_000,
+            retention: None,
         }
     }
 }
@@ -197,12 +222,37 @@ impl EngineConfig {
         self
     }
 
+    /// This configuration with the first and the longest delay between tries
+    /// of a store write that failed (`base` positive, `max` at least `base`).
+    #[must_use]
+    pub fn with_store_retry(mut self, base: Duration, max: Duration) -> Self {
+        self.store_retry_base = base;
+        self.store_retry_max = max;
+        self
+    }
+
+    /// This configuration with the most store writes retried at once (0: a
+    /// failed write is never retried).
+    #[must_use]
+    pub fn with_max_pending_store_retries(mut self, max: usize) -> Self {
+        self.max_pending_store_retries = max;
+        self
+    }
+
+    /// This configuration deleting terminal calls that ended longer than
+    /// `retention` ago (positive), or keeping every call (`None`).
+    #[must_use]
+    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Checks every bound.
     ///
     /// # Errors
     /// [`ConfigError`] naming the first field out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 6] = [
+        let checks: [(bool, &'static str, &'static str); 9] = [
             (
                 self.max_concurrent_calls > 0,
                 "max_concurrent_calls",
@@ -224,6 +274,22 @@ impl EngineConfig {
                 self.webhook_queue > 0,
                 "webhook_queue",
                 "must be at least 1",
+            ),
+            (
+                self.store_retry_base > Duration::ZERO,
+                "store_retry_base",
+                "must be positive",
+            ),
+            (
+                self.store_retry_max >= self.store_retry_base,
+                "store_retry_max",
+                "must be at least store_retry_base",
+            ),
+            (
+                self.retention
+                    .is_none_or(|retention| retention > Duration::ZERO),
+                "retention",
+                "must be positive",
             ),
         ];
         match checks.into_iter().find(|(ok, _, _)| !ok) {
@@ -299,6 +365,10 @@ mod tests {
         assert_eq!(config.claim_batch, 30);
         assert_eq!(config.webhook_queue, 1024);
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.store_retry_base, Duration::from_millis(100));
+        assert_eq!(config.store_retry_max, Duration::from_secs(5));
+        assert_eq!(config.max_pending_store_retries, 10_000);
+        assert_eq!(config.retention, None);
         assert_eq!(config.validate(), Ok(()));
     }
 
@@ -317,7 +387,10 @@ mod tests {
             .with_fallback_poll(Duration::from_secs(64))
             .with_claim_batch(8)
             .with_webhook_queue(9)
-            .with_shutdown_grace(Duration::from_secs(65));
+            .with_shutdown_grace(Duration::from_secs(65))
+            .with_store_retry(Duration::from_millis(66), Duration::from_secs(67))
+            .with_max_pending_store_retries(68)
+            .with_retention(Some(Duration::from_secs(69)));
         let expected = EngineConfig {
             max_concurrent_calls: 7,
             retry,
@@ -329,6 +402,10 @@ mod tests {
             claim_batch: 8,
             webhook_queue: 9,
             shutdown_grace: Duration::from_secs(65),
+            store_retry_base: Duration::from_millis(66),
+            store_retry_max: Duration::from_secs(67),
+            max_pending_store_retries: 68,
+            retention: Some(Duration::from_secs(69)),
         };
         assert_eq!(config, expected);
     }
@@ -343,6 +420,15 @@ mod tests {
             (base().with_fallback_poll(Duration::ZERO), "fallback_poll"),
             (base().with_claim_batch(0), "claim_batch"),
             (base().with_webhook_queue(0), "webhook_queue"),
+            (
+                base().with_store_retry(Duration::ZERO, Duration::from_secs(1)),
+                "store_retry_base",
+            ),
+            (
+                base().with_store_retry(Duration::from_secs(2), Duration::from_secs(1)),
+                "store_retry_max",
+            ),
+            (base().with_retention(Some(Duration::ZERO)), "retention"),
         ];
         for (config, field) in cases {
             assert_eq!(refused(&config), field);
@@ -372,7 +458,10 @@ mod tests {
             .with_fallback_poll(tiny)
             .with_claim_batch(1)
             .with_webhook_queue(1)
-            .with_shutdown_grace(Duration::ZERO);
+            .with_shutdown_grace(Duration::ZERO)
+            .with_store_retry(tiny, tiny)
+            .with_max_pending_store_retries(0)
+            .with_retention(Some(tiny));
         assert_eq!(config.validate(), Ok(()));
     }
 

@@ -63,6 +63,9 @@ macro_rules! store_conformance_tests {
             stale_attempts_lists_expired_leases_oldest_first,
             next_timer_reports_the_earliest_future_event,
             subscribe_signals_create_and_settle,
+            purge_deletes_old_terminal_calls_with_everything_about_them,
+            purge_keeps_calls_not_ended_before_the_cutoff,
+            purge_takes_at_most_limit_calls_oldest_end_first,
         );
     };
     (@emit $new_store:path; $($behaviour:ident),* $(,)?) => {
@@ -861,4 +864,150 @@ pub async fn subscribe_signals_create_and_settle(store: Arc<dyn Store>) {
     changes.borrow_and_update();
     settle(&*store, attempt, completed(t(2))).await;
     expect_signal(&mut changes, "settle").await;
+}
+
+/// Creates call `n` at `created`, dials it at `created` (recording provider
+/// id `prov-{n}`) and settles it with `settlement`; returns the call as settled.
+async fn ended_call(
+    store: &dyn Store,
+    n: u32,
+    created: DateTime<Utc>,
+    settlement: Settlement,
+) -> Call {
+    let mut new = new_call(n);
+    new.idempotency_key = Some(key(&format!("key-{n}")));
+    let call = store
+        .create(CallId::new_v7(created), &new, created)
+        .await
+        .expect("create")
+        .call;
+    let claimed = claim(store, created, 1_000, 1_000).await;
+    let attempt = claimed
+        .iter()
+        .find(|claimed| claimed.id == call.id)
+        .expect("the new call is claimed")
+        .current_attempt();
+    assert!(store
+        .record_dial(attempt, &format!("prov-{n}"))
+        .await
+        .expect("record"));
+    let Settled::Applied(call) = settle(store, attempt, settlement).await else {
+        panic!("the settlement applies");
+    };
+    call
+}
+
+fn failed(at: DateTime<Utc>) -> Settlement {
+    Settlement::Failed {
+        error: "BUSY".into(),
+        at,
+        duration_sec: None,
+    }
+}
+
+/// Retention deletes terminal calls (completed, failed, expired) whose
+/// `endedAt` is before the cutoff: `get` is `NotFound`, counts and lists
+/// drop them, their provider ids are unknown, and their idempotency keys
+/// create new calls.
+pub async fn purge_deletes_old_terminal_calls_with_everything_about_them(store: Arc<dyn Store>) {
+    let completed_call = ended_call(&*store, 1, t(0), completed(t(10))).await;
+    let failed_call = ended_call(&*store, 2, t(1), failed(t(20))).await;
+    let mut expiring = new_call(3);
+    expiring.expires_at = Some(t(30));
+    let expired_call = store
+        .create(CallId::new_v7(t(2)), &expiring, t(2))
+        .await
+        .expect("create")
+        .call;
+    assert_eq!(
+        store.expire_due(t(30)).await.expect("expire"),
+        [expired_call.id]
+    );
+    let kept = ended_call(&*store, 4, t(3), completed(t(100))).await;
+
+    assert_eq!(
+        store.purge_ended_before(t(100), 100).await.expect("purge"),
+        3
+    );
+    for gone in [&completed_call, &failed_call, &expired_call] {
+        let error = store.get(gone.id).await.expect_err("purged");
+        assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
+    }
+    let counts = store.counts().await.expect("counts");
+    assert_eq!(
+        (
+            counts.get(CallStatus::Completed),
+            counts.get(CallStatus::Failed),
+            counts.get(CallStatus::Expired),
+            counts.total()
+        ),
+        (1, 0, 0, 1)
+    );
+    let listed = store.list(&ListQuery::default()).await.expect("list");
+    assert_eq!((ids(&listed.items), listed.total), (vec![kept.id], 1));
+    for provider_call_id in ["prov-1", "prov-2"] {
+        assert_eq!(
+            store.find_attempt(provider_call_id).await.expect("find"),
+            None,
+            "{provider_call_id}"
+        );
+    }
+    assert_eq!(
+        store.find_attempt("prov-4").await.expect("find"),
+        Some(kept.current_attempt())
+    );
+    let mut again = new_call(1);
+    again.idempotency_key = Some(key("key-1"));
+    let recreated = store
+        .create(CallId::new_v7(t(200)), &again, t(200))
+        .await
+        .expect("create");
+    assert!(recreated.created, "a purged call's key is free again");
+    assert_ne!(recreated.call.id, completed_call.id);
+}
+
+/// Retention never deletes a call that is `PENDING` or `IN_PROGRESS`,
+/// however old, nor one that ended at or after the cutoff.
+pub async fn purge_keeps_calls_not_ended_before_the_cutoff(store: Arc<dyn Store>) {
+    let at_cutoff = ended_call(&*store, 1, t(0), completed(t(50))).await;
+    let in_progress = create(&*store, 2, t(0)).await;
+    claim(&*store, t(0), 1_000, 1_000).await;
+    let pending = create(&*store, 3, t(0)).await;
+    let before = [
+        store.get(at_cutoff.id).await.expect("get"),
+        store.get(in_progress.id).await.expect("get"),
+        store.get(pending.id).await.expect("get"),
+    ];
+    assert_eq!(before[1].status, CallStatus::InProgress);
+
+    assert_eq!(
+        store.purge_ended_before(t(50), 100).await.expect("purge"),
+        0
+    );
+    for call in &before {
+        assert_eq!(&store.get(call.id).await.expect("kept"), call);
+    }
+    assert_eq!(store.counts().await.expect("counts").total(), 3);
+    assert_eq!(
+        store.find_attempt("prov-1").await.expect("find"),
+        Some(at_cutoff.current_attempt())
+    );
+}
+
+/// One purge deletes at most `limit` calls, those that ended first; repeated
+/// purges take the rest.
+pub async fn purge_takes_at_most_limit_calls_oldest_end_first(store: Arc<dyn Store>) {
+    let late = ended_call(&*store, 1, t(0), completed(t(30))).await;
+    let early = ended_call(&*store, 2, t(1), completed(t(10))).await;
+    let middle = ended_call(&*store, 3, t(2), failed(t(20))).await;
+
+    assert_eq!(store.purge_ended_before(t(100), 2).await.expect("purge"), 2);
+    for gone in [&early, &middle] {
+        let error = store.get(gone.id).await.expect_err("purged");
+        assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
+    }
+    assert_eq!(store.get(late.id).await.expect("kept"), late);
+    assert_eq!(store.purge_ended_before(t(100), 2).await.expect("purge"), 1);
+    assert_eq!(store.purge_ended_before(t(100), 2).await.expect("purge"), 0);
+    assert_eq!(store.counts().await.expect("counts").total(), 0);
 }

@@ -3,9 +3,16 @@
 //! One mutex guards all state, so every method is trivially atomic; nothing is
 //! awaited while it is held. Indexes are ordered maps, so iteration order (and
 //! therefore behaviour) is deterministic.
+//!
+//! Every method costs what it touches, not what the store holds: a claim
+//! walks only the oldest due call of each number that is free (see
+//! [`State::heads`]), timers read the first entry of an index ordered by
+//! time, and retention deletes from an index ordered by `endedAt`, so
+//! neither calls scheduled far ahead nor a backlog waiting for a busy
+//! number slow anything down, and a store that purges stays bounded.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Bound::{Excluded, Unbounded};
+use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
@@ -21,9 +28,22 @@ use crate::store::{
     ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
 };
 
+/// An instant and a call: ordered by the instant, then the id.
 type Key = (DateTime<Utc>, CallId);
 
+/// The last key at `at`: ranges up to it include every call at that instant.
+fn last_at(at: DateTime<Utc>) -> Key {
+    (at, CallId(uuid::Uuid::max()))
+}
+
+/// The due `PENDING` calls to one number, oldest first (creation time, then
+/// id), and which of them is in [`State::heads`].
 #[derive(Default)]
+struct Queue {
+    calls: BTreeSet<Key>,
+    head: Option<Key>,
+}
+
 struct State {
     calls: HashMap<CallId, Call>,
     /// Every call, ordered by (creation time, id): listing without a filter.
@@ -35,10 +55,48 @@ struct State {
     pending_due: BTreeSet<Key>,
     pending_expiry: BTreeSet<Key>,
     leases: BTreeSet<Key>,
+    /// Terminal calls by `endedAt`: what retention deletes, oldest end first.
+    ended: BTreeSet<Key>,
+    /// `PENDING` calls due at or before `promoted_until`, per number. A claim
+    /// at `now` first moves this line to `now` (walking `pending_due` only
+    /// between the two instants), so during a claim these are exactly the
+    /// due calls, whatever is scheduled later.
+    ready: BTreeMap<PhoneNumber, Queue>,
+    promoted_until: DateTime<Utc>,
+    /// The oldest ready call of every number without a call in progress, by
+    /// (creation time, id): a claim walks these, so it costs the calls it
+    /// takes, not the calls waiting behind a busy number.
+    heads: BTreeSet<Key>,
     /// Numbers with a call in progress, and that call.
     busy_numbers: BTreeMap<PhoneNumber, CallId>,
     idempotency_keys: HashMap<IdempotencyKey, CallId>,
+    /// The idempotency key each call was created with, to free it on purge.
+    key_of: HashMap<CallId, IdempotencyKey>,
     provider_ids: HashMap<String, AttemptRef>,
+    /// The provider ids recorded for each call, to forget them on purge.
+    provider_ids_of: HashMap<CallId, Vec<String>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            calls: HashMap::new(),
+            all: BTreeSet::new(),
+            by_status: Default::default(),
+            pending_due: BTreeSet::new(),
+            pending_expiry: BTreeSet::new(),
+            leases: BTreeSet::new(),
+            ended: BTreeSet::new(),
+            ready: BTreeMap::new(),
+            promoted_until: DateTime::<Utc>::MIN_UTC,
+            heads: BTreeSet::new(),
+            busy_numbers: BTreeMap::new(),
+            idempotency_keys: HashMap::new(),
+            key_of: HashMap::new(),
+            provider_ids: HashMap::new(),
+            provider_ids_of: HashMap::new(),
+        }
+    }
 }
 
 fn slot(status: CallStatus) -> usize {
@@ -54,28 +112,40 @@ impl State {
         if let Some(old) = self.calls.remove(&call.id) {
             self.unindex(&old);
         }
-        self.all.insert((call.created_at, call.id));
-        self.by_status[slot(call.status)].insert((call.created_at, call.id));
+        let key = (call.created_at, call.id);
+        self.all.insert(key);
+        self.by_status[slot(call.status)].insert(key);
         match call.status {
             CallStatus::Pending => {
                 self.pending_due.insert((call.due_at(), call.id));
                 if let Some(at) = call.expires_at {
                     self.pending_expiry.insert((at, call.id));
                 }
+                if call.due_at() <= self.promoted_until {
+                    self.enqueue(&call.payload.to, key);
+                }
             }
             CallStatus::InProgress => {
                 self.busy_numbers.insert(call.payload.to.clone(), call.id);
+                self.refresh_head(&call.payload.to);
                 if let Some(at) = call.lease_expires_at {
                     self.leases.insert((at, call.id));
                 }
             }
-            CallStatus::Completed | CallStatus::Failed | CallStatus::Expired => {}
+            CallStatus::Completed | CallStatus::Failed | CallStatus::Expired => {
+                if let Some(at) = call.ended_at {
+                    self.ended.insert((at, call.id));
+                }
+            }
         }
         self.calls.insert(call.id, call);
     }
 
+    /// Takes `old` out of every index (not out of `calls`).
     fn unindex(&mut self, old: &Call) {
-        self.by_status[slot(old.status)].remove(&(old.created_at, old.id));
+        let key = (old.created_at, old.id);
+        self.all.remove(&key);
+        self.by_status[slot(old.status)].remove(&key);
         self.pending_due.remove(&(old.due_at(), old.id));
         if let Some(at) = old.expires_at {
             self.pending_expiry.remove(&(at, old.id));
@@ -83,15 +153,134 @@ impl State {
         if let Some(at) = old.lease_expires_at {
             self.leases.remove(&(at, old.id));
         }
-        if old.status == CallStatus::InProgress {
-            self.busy_numbers.remove(&old.payload.to);
+        if let Some(at) = old.ended_at {
+            self.ended.remove(&(at, old.id));
+        }
+        match old.status {
+            CallStatus::Pending if old.due_at() <= self.promoted_until => {
+                self.dequeue(&old.payload.to, key);
+            }
+            CallStatus::InProgress => {
+                self.busy_numbers.remove(&old.payload.to);
+                self.refresh_head(&old.payload.to);
+            }
+            _ => {}
+        }
+    }
+
+    fn enqueue(&mut self, to: &PhoneNumber, key: Key) {
+        self.ready.entry(to.clone()).or_default().calls.insert(key);
+        self.refresh_head(to);
+    }
+
+    fn dequeue(&mut self, to: &PhoneNumber, key: Key) {
+        if let Some(queue) = self.ready.get_mut(to) {
+            queue.calls.remove(&key);
+        }
+        self.refresh_head(to);
+    }
+
+    /// Makes `heads` hold `to`'s oldest ready call if, and only if, the
+    /// number has no call in progress; drops the number's queue once empty.
+    fn refresh_head(&mut self, to: &PhoneNumber) {
+        let busy = self.busy_numbers.contains_key(to);
+        let Some(queue) = self.ready.get_mut(to) else {
+            return;
+        };
+        if let Some(head) = queue.head.take() {
+            self.heads.remove(&head);
+        }
+        if queue.calls.is_empty() {
+            self.ready.remove(to);
+            return;
+        }
+        if !busy {
+            queue.head = queue.calls.first().copied();
+            self.heads.extend(queue.head);
+        }
+    }
+
+    /// Moves the line between ready and not yet due to `now`: promotes the
+    /// `PENDING` calls that fell due since the last claim (or, if `now` is
+    /// earlier than that claim's, demotes those not due at `now`).
+    fn promote(&mut self, now: DateTime<Utc>) {
+        let (from, to, promote) = match now.cmp(&self.promoted_until) {
+            std::cmp::Ordering::Equal => return,
+            std::cmp::Ordering::Greater => (self.promoted_until, now, true),
+            std::cmp::Ordering::Less => (now, self.promoted_until, false),
+        };
+        let moved: Vec<(PhoneNumber, Key)> = self
+            .pending_due
+            .range((Excluded(last_at(from)), Included(last_at(to))))
+            .map(|(_, id)| {
+                let call = &self.calls[id];
+                (call.payload.to.clone(), (call.created_at, call.id))
+            })
+            .collect();
+        self.promoted_until = now;
+        for (number, key) in moved {
+            if promote {
+                self.enqueue(&number, key);
+            } else {
+                self.dequeue(&number, key);
+            }
+        }
+    }
+
+    /// Up to `want` calls a claim at `now` takes, oldest first: among the
+    /// due calls not past their expiry, the oldest of each free number.
+    /// Requires `promoted_until == now`.
+    fn claimable(&self, now: DateTime<Utc>, want: usize) -> Vec<CallId> {
+        let mut chosen: BTreeSet<Key> = BTreeSet::new();
+        for head in &self.heads {
+            // A number's pick is its head unless the head has expired (and
+            // `expire_due` has not run yet): then a younger call of that
+            // number, which may sort after later heads. So stop only once
+            // `want` picks are all older than the next head.
+            if chosen.len() == want && chosen.last().is_some_and(|last| last < head) {
+                break;
+            }
+            let to = &self.calls[&head.1].payload.to;
+            let pick = self.ready.get(to).and_then(|queue| {
+                queue
+                    .calls
+                    .iter()
+                    .find(|(_, id)| self.calls[id].expires_at.is_none_or(|at| at > now))
+            });
+            if let Some(pick) = pick {
+                chosen.insert(*pick);
+                if chosen.len() > want {
+                    chosen.pop_last();
+                }
+            }
+        }
+        chosen.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Deletes a call and everything stored about it.
+    fn remove(&mut self, id: CallId) {
+        let Some(call) = self.calls.remove(&id) else {
+            return;
+        };
+        self.unindex(&call);
+        if let Some(key) = self.key_of.remove(&id) {
+            self.idempotency_keys.remove(&key);
+        }
+        for provider_call_id in self.provider_ids_of.remove(&id).unwrap_or_default() {
+            if self
+                .provider_ids
+                .get(&provider_call_id)
+                .is_some_and(|attempt| attempt.call_id == id)
+            {
+                self.provider_ids.remove(&provider_call_id);
+            }
         }
     }
 
     /// The first key of `index` strictly after `now`.
     fn first_after(index: &BTreeSet<Key>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         index
-            .range((Excluded((now, CallId(uuid::Uuid::max()))), Unbounded))
+            .range((Excluded(last_at(now)), Unbounded))
             .next()
             .map(|(at, _)| *at)
     }
@@ -182,6 +371,7 @@ impl Store for MemoryStore {
                     });
                 }
                 state.idempotency_keys.insert(key.clone(), id);
+                state.key_of.insert(id, key.clone());
             }
             let call = Call::new(id, new, clock::truncate_to_micros(now));
             state.put(call.clone());
@@ -247,19 +437,8 @@ impl Store for MemoryStore {
             return Ok(Vec::new());
         }
         let now = request.now;
-        let mut chosen: Vec<CallId> = Vec::with_capacity(want);
-        let mut numbers: BTreeSet<&PhoneNumber> = BTreeSet::new();
-        for (_, id) in &state.by_status[slot(CallStatus::Pending)] {
-            let call = &state.calls[id];
-            let due = call.due_at() <= now && call.expires_at.is_none_or(|at| at > now);
-            let to = &call.payload.to;
-            if due && !state.busy_numbers.contains_key(to) && numbers.insert(to) {
-                chosen.push(*id);
-                if chosen.len() == want {
-                    break;
-                }
-            }
-        }
+        state.promote(now);
+        let chosen = state.claimable(now, want);
         let lease_until = clock::add(now, request.lease);
         chosen
             .into_iter()
@@ -289,6 +468,10 @@ impl Store for MemoryStore {
         state
             .provider_ids
             .insert(provider_call_id.to_owned(), attempt);
+        let recorded = state.provider_ids_of.entry(attempt.call_id).or_default();
+        if !recorded.iter().any(|id| id == provider_call_id) {
+            recorded.push(provider_call_id.to_owned());
+        }
         if current {
             state.apply(
                 attempt.call_id,
@@ -356,6 +539,25 @@ impl Store for MemoryStore {
             .into_iter()
             .filter_map(|index| State::first_after(index, now))
             .min())
+    }
+
+    async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut state = self.lock();
+        let doomed: Vec<CallId> = state
+            .ended
+            .iter()
+            .take_while(|(at, _)| *at < cutoff)
+            .take(limit as usize)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in &doomed {
+            state.remove(*id);
+        }
+        Ok(doomed.len() as u64)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -488,5 +690,180 @@ mod tests {
             Settled::Stale(_)
         ));
         assert_eq!(*changes.borrow(), 3);
+    }
+
+    /// What a claim must take, by the contract, computed from every call:
+    /// due (`PENDING`, due at or before `now`, not expired), oldest first by
+    /// (creation time, id), one per number, none to a number in progress,
+    /// at most `min(limit, cap - in progress)`.
+    fn reference_claim(calls: &[Call], now: DateTime<Utc>, cap: u32, limit: u32) -> Vec<CallId> {
+        let busy: BTreeSet<&PhoneNumber> = calls
+            .iter()
+            .filter(|call| call.status == CallStatus::InProgress)
+            .map(|call| &call.payload.to)
+            .collect();
+        let want = (cap as usize)
+            .saturating_sub(busy.len())
+            .min(limit as usize);
+        let mut due: Vec<&Call> = calls
+            .iter()
+            .filter(|call| {
+                call.status == CallStatus::Pending
+                    && call.due_at() <= now
+                    && call.expires_at.is_none_or(|at| at > now)
+                    && !busy.contains(&call.payload.to)
+            })
+            .collect();
+        due.sort_by_key(|call| (call.created_at, call.id));
+        let mut numbers = BTreeSet::new();
+        due.into_iter()
+            .filter(|call| numbers.insert(&call.payload.to))
+            .take(want)
+            .map(|call| call.id)
+            .collect()
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Create {
+            number: u32,
+            created: i64,
+            not_before: Option<i64>,
+            expires: Option<i64>,
+        },
+        Claim {
+            now: i64,
+            cap: u32,
+            limit: u32,
+        },
+        Settle {
+            call: usize,
+            how: u8,
+            at: i64,
+        },
+        Retarget {
+            call: usize,
+            number: u32,
+        },
+        Expire {
+            now: i64,
+        },
+        Purge {
+            cutoff: i64,
+            limit: u32,
+        },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let secs = 0i64..60;
+        prop_oneof![
+            4 => (0u32..6, secs.clone(), proptest::option::of(secs.clone()), proptest::option::of(secs.clone()))
+                .prop_map(|(number, created, not_before, expires)| Op::Create { number, created, not_before, expires }),
+            4 => (secs.clone(), 1u32..6, 1u32..4).prop_map(|(now, cap, limit)| Op::Claim { now, cap, limit }),
+            3 => (any::<usize>(), 0u8..3, secs.clone()).prop_map(|(call, how, at)| Op::Settle { call, how, at }),
+            1 => (any::<usize>(), 0u32..6).prop_map(|(call, number)| Op::Retarget { call, number }),
+            1 => secs.clone().prop_map(|now| Op::Expire { now }),
+            1 => (secs, 1u32..4).prop_map(|(cutoff, limit)| Op::Purge { cutoff, limit }),
+        ]
+    }
+
+    async fn apply(store: &MemoryStore, ids: &mut Vec<CallId>, op: &Op) {
+        match *op {
+            Op::Create {
+                number,
+                created,
+                not_before,
+                expires,
+            } => {
+                let mut new = new_call(number);
+                new.not_before = not_before.map(at);
+                new.expires_at = expires.map(at);
+                let id = CallId::v7_from_parts(at(created), [ids.len() as u8; 10]);
+                store.create(id, &new, at(created)).await.unwrap();
+                ids.push(id);
+            }
+            Op::Claim { now, cap, limit } => {
+                let expected = reference_claim(&store.snapshot(), at(now), cap, limit);
+                let request = ClaimRequest {
+                    now: at(now),
+                    max_in_flight: cap,
+                    limit,
+                    lease: Duration::from_secs(60),
+                };
+                let claimed: Vec<CallId> = store
+                    .claim(&request)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|call| call.id)
+                    .collect();
+                assert_eq!(claimed, expected, "{op:?}");
+            }
+            Op::Settle {
+                call,
+                how,
+                at: secs,
+            } => {
+                let Some(call) = store
+                    .snapshot()
+                    .into_iter()
+                    .find(|c| !ids.is_empty() && c.id == ids[call % ids.len()])
+                else {
+                    return;
+                };
+                let settlement = match how {
+                    0 => Settlement::Completed {
+                        at: at(secs),
+                        duration_sec: None,
+                    },
+                    1 => Settlement::Retry {
+                        error: "provider 503".into(),
+                        retry_at: at(secs),
+                    },
+                    _ => Settlement::Capacity { retry_at: at(secs) },
+                };
+                store
+                    .settle(call.current_attempt(), settlement)
+                    .await
+                    .unwrap();
+            }
+            Op::Retarget { call, number } => {
+                if ids.is_empty() {
+                    return;
+                }
+                let patch = PayloadPatch {
+                    to: Some(new_call(number).payload.to),
+                    ..PayloadPatch::default()
+                };
+                let _ = store.update_payload(ids[call % ids.len()], &patch).await;
+            }
+            Op::Expire { now } => {
+                store.expire_due(at(now)).await.unwrap();
+            }
+            Op::Purge { cutoff, limit } => {
+                store.purge_ended_before(at(cutoff), limit).await.unwrap();
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Claims from the due-time and per-number indexes take exactly the
+        /// calls a walk over every call would, whatever happened before:
+        /// retries, 429s, re-targeted numbers, expiry, purges and claims at
+        /// earlier instants than the last one.
+        #[test]
+        fn claims_take_exactly_what_a_walk_over_every_call_would(
+            ops in proptest::collection::vec(op(), 1..80)
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let store = MemoryStore::new();
+                let mut ids = Vec::new();
+                for op in &ops {
+                    apply(&store, &mut ids, op).await;
+                }
+            });
+        }
     }
 }

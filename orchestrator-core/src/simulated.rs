@@ -300,7 +300,8 @@ impl SimulationConfig {
 pub struct StartedCall {
     /// Our call and attempt (the idempotency key).
     pub attempt: AttemptRef,
-    /// The provider's id for it.
+    /// The provider's id for it: `sim-` and 32 lowercase hex digits (128
+    /// bits drawn from the seeded generator), the same for a seed on every run.
     pub provider_call_id: String,
 }
 
@@ -444,7 +445,10 @@ impl SimulatedProvider {
         if let Some(id) = state.by_key.get(&attempt) {
             return (id.clone(), false);
         }
-        let id = format!("sim-{}", state.started.len() + 1);
+        // 128 random bits from the seeded generator: a run replays with its
+        // seed, yet nobody without the seed can guess an id and settle a
+        // call with a forged webhook.
+        let id = format!("sim-{:032x}", state.rng.random::<u128>());
         state.by_key.insert(attempt, id.clone());
         state.started.push(StartedCall {
             attempt,
@@ -929,5 +933,51 @@ mod tests {
         provider.start_call(&request(2, 1)).await.unwrap();
         tokio::time::sleep(secs(60)).await;
         assert_eq!(provider.webhooks_sent(), 2, "sent, though nobody listened");
+    }
+
+    /// The ids `seed`'s provider gives three accepted dials.
+    async fn ids(seed: u64) -> Vec<String> {
+        let provider = SimulatedProvider::new(
+            SimulationConfig::default()
+                .with_seed(seed)
+                .with_faults(Faults::default().with_lost_webhook(1.0)),
+        );
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let dialled = provider.start_call(&request(n, 1)).await.expect("accepted");
+            ids.push(dialled.provider_call_id);
+        }
+        ids
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provider_call_ids_are_128_random_bits_replayed_by_the_seed() {
+        let first = ids(5).await;
+        for id in &first {
+            let hex = id.strip_prefix("sim-").expect("sim- prefix");
+            assert_eq!(hex.len(), 32, "{id}");
+            assert!(
+                hex.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                "{id}"
+            );
+        }
+        assert!(first[0] != first[1] && first[1] != first[2], "{first:?}");
+        assert_eq!(ids(5).await, first, "the same seed gives the same ids");
+        assert!(
+            ids(6).await.iter().all(|id| !first.contains(id)),
+            "another seed gives other ids"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_re_sent_attempt_gets_the_id_it_was_given_first() {
+        let provider = SimulatedProvider::new(
+            SimulationConfig::default().with_faults(Faults::default().with_lost_webhook(1.0)),
+        );
+        let first = provider.start_call(&request(1, 1)).await.expect("accepted");
+        let again = provider.start_call(&request(1, 1)).await.expect("accepted");
+        assert_eq!(again, first);
+        assert_eq!(provider.started_calls().len(), 1);
     }
 }

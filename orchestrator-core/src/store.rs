@@ -384,6 +384,23 @@ pub trait Store: Send + Sync + 'static {
     /// scheduled.
     async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError>;
 
+    /// Retention: deletes up to `limit` calls in a terminal status
+    /// ([`CallStatus::is_terminal`]) whose `endedAt` is before `cutoff`,
+    /// oldest end first, with everything stored about them (their
+    /// idempotency key, provider call ids and attempt history), and returns
+    /// how many it deleted. Afterwards [`get`](Store::get) of a deleted call
+    /// is [`StoreError::NotFound`], [`counts`](Store::counts) and
+    /// [`list`](Store::list) no longer include it, its idempotency key
+    /// creates a new call, and [`find_attempt`](Store::find_attempt) of its
+    /// provider ids finds nothing. Calls that are not terminal are never
+    /// deleted. Call it again while it returns `limit` to purge a backlog in
+    /// small batches.
+    async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
     /// Checks that the store can be reached (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 

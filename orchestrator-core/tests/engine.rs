@@ -17,11 +17,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use mockall::{mock, Sequence};
 use orchestrator_core::{
     async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError, Created,
-    DialError, DialRequest, Dialled, Engine, EngineConfig, EngineError, Invalid, ListQuery,
-    MemoryStore, Metadata, NewCall, OutcomeMix, Page, PayloadPatch, PhoneNumber, Provider,
-    RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settled, Settlement, SimulatedProvider,
-    SimulationConfig, StatusCounts, StatusReport, Store, StoreError, TokioClock, WebhookDelivery,
-    WebhookOutcome,
+    DialError, DialRequest, Dialled, Engine, EngineConfig, EngineError, EngineHandle, Invalid,
+    ListQuery, MemoryStore, Metadata, NewCall, OutcomeMix, Page, PayloadPatch, PhoneNumber,
+    Provider, RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settled, Settlement,
+    SimulatedProvider, SimulationConfig, StatusCounts, StatusReport, Store, StoreError, TokioClock,
+    WebhookDelivery, WebhookOutcome,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -1031,10 +1031,16 @@ async fn a_round_claims_batch_after_batch_until_the_cap_is_full() {
 
 /// A [`MemoryStore`] that can be taken down: while down, every operation
 /// fails with [`StoreError::Unavailable`], as a database that cannot be
-/// reached does. Implemented with the crate's re-exported `async_trait`.
+/// reached does. Its writes of provider answers (`settle`, `record_dial`)
+/// can also be made to fail a number of times, then recover; it counts the
+/// tries. Implemented with the crate's re-exported `async_trait`.
 struct OutageStore {
     inner: MemoryStore,
     down: AtomicBool,
+    failing_settles: AtomicU64,
+    failing_records: AtomicU64,
+    settle_tries: AtomicU64,
+    record_tries: AtomicU64,
 }
 
 impl OutageStore {
@@ -1042,6 +1048,10 @@ impl OutageStore {
         Self {
             inner: MemoryStore::new(),
             down: AtomicBool::new(false),
+            failing_settles: AtomicU64::new(0),
+            failing_records: AtomicU64::new(0),
+            settle_tries: AtomicU64::new(0),
+            record_tries: AtomicU64::new(0),
         }
     }
 
@@ -1049,9 +1059,41 @@ impl OutageStore {
         self.down.store(down, Ordering::SeqCst);
     }
 
+    /// The next `n` settles fail as unavailable (`u64::MAX`: all of them).
+    fn fail_settles(&self, n: u64) {
+        self.failing_settles.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` recorded dials fail as unavailable.
+    fn fail_records(&self, n: u64) {
+        self.failing_records.store(n, Ordering::SeqCst);
+    }
+
+    fn settle_tries(&self) -> u64 {
+        self.settle_tries.load(Ordering::SeqCst)
+    }
+
+    fn record_tries(&self) -> u64 {
+        self.record_tries.load(Ordering::SeqCst)
+    }
+
     fn up(&self) -> Result<(), StoreError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        Ok(())
+    }
+
+    /// Counts a try of a write and fails it while `failing` is positive.
+    fn write(tries: &AtomicU64, failing: &AtomicU64) -> Result<(), StoreError> {
+        tries.fetch_add(1, Ordering::SeqCst);
+        let failed = failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                (left > 0).then(|| if left == u64::MAX { left } else { left - 1 })
+            })
+            .is_ok();
+        if failed {
+            return Err(StoreError::Unavailable("pool timed out".into()));
         }
         Ok(())
     }
@@ -1100,6 +1142,7 @@ impl Store for OutageStore {
         provider_call_id: &str,
     ) -> Result<bool, StoreError> {
         self.up()?;
+        Self::write(&self.record_tries, &self.failing_records)?;
         self.inner.record_dial(attempt, provider_call_id).await
     }
 
@@ -1114,6 +1157,7 @@ impl Store for OutageStore {
         settlement: Settlement,
     ) -> Result<Settled, StoreError> {
         self.up()?;
+        Self::write(&self.settle_tries, &self.failing_settles)?;
         self.inner.settle(attempt, settlement).await
     }
 
@@ -1136,6 +1180,15 @@ impl Store for OutageStore {
         self.inner.next_timer(now).await
     }
 
+    async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.up()?;
+        self.inner.purge_ended_before(cutoff, limit).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.up()
     }
@@ -1151,20 +1204,33 @@ fn unavailable<T: std::fmt::Debug>(result: &Result<T, EngineError>) -> bool {
 
 /// An engine over an [`OutageStore`] whose provider accepts every dial.
 fn over_outage_store(config: EngineConfig) -> (Engine, Arc<OutageStore>, Dials) {
-    let store = Arc::new(OutageStore::new());
     let dials = Dials::default();
-    let mut dialer = MockDialer::new();
     let log = Arc::clone(&dials);
-    dialer
-        .expect_start_call()
-        .returning(move |request| accept(&log, request));
+    let (engine, store) = over_outage_store_answering(config, move |request| accept(&log, request));
+    (engine, store, dials)
+}
+
+/// An engine over an [`OutageStore`] whose provider answers every dial with `answer`.
+fn over_outage_store_answering(
+    config: EngineConfig,
+    answer: impl Fn(&DialRequest) -> Result<Dialled, DialError> + Send + 'static,
+) -> (Engine, Arc<OutageStore>) {
+    let store = Arc::new(OutageStore::new());
+    let mut dialer = MockDialer::new();
+    dialer.expect_start_call().returning(answer);
     let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
         .config(config)
         .clock(Arc::new(TokioClock::starting_at(origin())))
         .seed(9)
         .build()
         .expect("valid configuration");
-    (engine, store, dials)
+    (engine, store)
+}
+
+fn provider_503(_: &DialRequest) -> Result<Dialled, DialError> {
+    Err(DialError::Retryable {
+        reason: "provider 503".into(),
+    })
 }
 
 #[tokio::test(start_paused = true)]
@@ -1218,7 +1284,341 @@ async fn a_running_dispatcher_retries_after_a_store_outage_without_a_signal() {
     running.shutdown().await;
 }
 
+// ------------------------------------------- recording through an outage
+
+/// The shortest and longest time `failures` failed tries of a store write
+/// wait in all, with the default store-retry back-off (100 ms doubling to
+/// 5 s, up to half cut at random).
+fn store_retry_waits(failures: u32) -> (Duration, Duration) {
+    let nominal: Duration = (1..=failures)
+        .map(|n| {
+            Duration::from_millis(100)
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(Duration::from_secs(5))
+        })
+        .sum();
+    (nominal / 2, nominal)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dial_answer_the_store_could_not_record_is_retried_until_it_lands_and_frees_the_slot() {
+    let (engine, store) =
+        over_outage_store_answering(config().with_max_concurrent_calls(1), provider_503);
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    store.fail_settles(3);
+
+    let started = tokio::time::Instant::now();
+    engine.tick().await.expect("a round");
+    let waited = started.elapsed();
+
+    assert_eq!(store.settle_tries(), 4, "three failures, then the write");
+    let (shortest, longest) = store_retry_waits(3);
+    assert!(
+        (shortest..=longest).contains(&waited),
+        "waited {waited:?}, back-off bounds [{shortest:?}, {longest:?}]"
+    );
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.last_error.as_deref(), Some("provider 503"));
+    // The re-dial is scheduled from when the provider answered, not from
+    // when the store took the answer.
+    assert_backed_off(&call, 1, origin(), &quick_retry(3));
+    let counts = engine.counts().await.unwrap();
+    assert_eq!(counts.get(CallStatus::InProgress), 0, "the slot is free");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_accepted_dials_provider_id_is_recorded_once_the_store_is_back() {
+    let (engine, store, _dials) = over_outage_store(config());
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    store.fail_records(2);
+
+    engine.tick().await.expect("a round");
+
+    assert_eq!(store.record_tries(), 3);
+    let call = engine.get_call(id).await.unwrap();
+    let recorded = attempt(id, 1);
+    assert_eq!(call.provider_call_id, Some(provider_id(recorded)));
+    // A webhook naming only the provider id now finds the attempt.
+    let outcome = engine
+        .handle_webhook(webhook(
+            &provider_id(recorded),
+            ReportedStatus::Completed,
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome.call().status, CallStatus::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_write_retries_stop_when_the_attempts_lease_runs_out_and_the_lease_settles_it() {
+    let lease = Duration::from_secs(60);
+    let (engine, store) = over_outage_store_answering(config().with_lease(lease), provider_503);
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    store.fail_settles(u64::MAX);
+
+    let started = tokio::time::Instant::now();
+    engine.tick().await.expect("a round");
+
+    assert_eq!(started.elapsed(), lease, "tries end when the lease does");
+    // Delays are capped at 5 s, so a minute holds at least 12 of them, and
+    // at most as many as the shortest possible delays fit.
+    let tries = store.settle_tries();
+    assert!((13..=40).contains(&tries), "{tries} tries in {lease:?}");
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+
+    store.fail_settles(0);
+    engine.tick().await.expect("a round");
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.last_error.as_deref(), Some("webhook timeout"));
+    assert_eq!(
+        engine.counts().await.unwrap().get(CallStatus::InProgress),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_room_for_retries_a_failed_write_is_left_to_the_lease() {
+    let (engine, store) =
+        over_outage_store_answering(config().with_max_pending_store_retries(0), provider_503);
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    store.fail_settles(1);
+
+    let started = tokio::time::Instant::now();
+    engine.tick().await.expect("a round");
+
+    assert_eq!(started.elapsed(), Duration::ZERO, "nothing waited");
+    assert_eq!(store.settle_tries(), 1);
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::InProgress);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_the_store_refuses_for_good_is_not_retried() {
+    let (engine, store) = over_outage_store_answering(config(), provider_503);
+    let call = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call;
+    engine.tick().await.expect("a round");
+    let tries = store.settle_tries();
+    // Settling a call that is not there is an answer (not found), not an
+    // outage: a webhook for it fails once and changes nothing.
+    let unknown = attempt(CallId::new_v7(t(0)), 1);
+    let outcome = engine
+        .handle_webhook(webhook(
+            "p-unknown",
+            ReportedStatus::Completed,
+            Some(unknown),
+        ))
+        .await;
+    assert!(
+        matches!(outcome, Err(EngineError::NotFound(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(store.settle_tries(), tries);
+    assert_eq!(
+        engine.get_call(call.id).await.unwrap().status,
+        CallStatus::Pending
+    );
+}
+
+/// A started engine over an [`OutageStore`] and a simulated provider that
+/// answers a dial in 1 s and calls back 1 s later, with `COMPLETED`.
+fn started_over_outage_store() -> (Engine, Arc<OutageStore>, EngineHandle) {
+    let store = Arc::new(OutageStore::new());
+    let provider = SimulatedProvider::new(
+        SimulationConfig::default()
+            .with_dial_latency(Duration::from_secs(1)..=Duration::from_secs(1))
+            .with_call_duration(Duration::from_secs(1)..=Duration::from_secs(1))
+            .with_outcomes(OutcomeMix::only(ReportedStatus::Completed)),
+    );
+    let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(provider))
+        .config(config())
+        .clock(Arc::new(TokioClock::starting_at(origin())))
+        .seed(4)
+        .build()
+        .expect("valid configuration");
+    let running = engine.start();
+    (engine, store, running)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_process_webhook_the_store_could_not_take_is_retried_until_it_settles() {
+    let (engine, store, running) = started_over_outage_store();
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    store.fail_settles(4);
+    // Dialled at once, answered at 1 s, the webhook at 2 s; then back-off.
+    run_for(Duration::from_secs(2), MS_10).await;
+    assert_eq!(store.settle_tries(), 2, "the webhook, and its first retry");
+    assert_eq!(
+        engine.get_call(id).await.unwrap().status,
+        CallStatus::InProgress
+    );
+    // The retry task's first try follows the intake's at once: three
+    // back-off delays remain before the fifth try.
+    let (_, longest) = store_retry_waits(3);
+    run_for(longest, MS_10).await;
+
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::Completed, "{call:?}");
+    assert_eq!(store.settle_tries(), 5);
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_store_writes_being_retried() {
+    let (engine, store, running) = started_over_outage_store();
+    let id = engine
+        .create_call(call_to("+966501234567"))
+        .await
+        .unwrap()
+        .call
+        .id;
+    store.fail_settles(4);
+    run_for(Duration::from_secs(2), MS_10).await;
+    assert_eq!(store.settle_tries(), 2, "the webhook's settle failed");
+
+    running.shutdown().await;
+
+    let call = engine.get_call(id).await.unwrap();
+    assert_eq!(call.status, CallStatus::Completed, "{call:?}");
+}
+
+// --------------------------------------------------------------- retention
+
+/// Stores `n` calls that completed at the current instant, as provider
+/// `p-{callId}:1`, each to its own number.
+async fn completed_calls(h: &Harness, n: u32) -> Vec<CallId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(h.create(call_to(&format!("+1415555{i:04}"))).await.id);
+    }
+    let claimed = h
+        .store
+        .claim(&ClaimRequest {
+            now: h.now(),
+            max_in_flight: u32::MAX,
+            limit: n,
+            lease: Duration::from_secs(60),
+        })
+        .await
+        .unwrap();
+    for call in claimed {
+        let attempt = call.current_attempt();
+        h.store
+            .record_dial(attempt, &provider_id(attempt))
+            .await
+            .unwrap();
+        let completed = Settlement::Completed {
+            at: h.now(),
+            duration_sec: None,
+        };
+        h.store.settle(attempt, completed).await.unwrap();
+    }
+    ids
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_deletes_calls_ended_longer_ago_in_batches_every_few_seconds() {
+    let h = Harness::accepting(config().with_retention(Some(Duration::from_secs(60))));
+    let ids = completed_calls(&h, 1_200).await;
+    let running = h.engine.start();
+
+    // Passes run every 5 s; the pass at 60 s still keeps calls that ended
+    // exactly 60 s before.
+    run_for(Duration::from_secs(64), SECOND).await;
+    assert_eq!(h.engine.counts().await.unwrap().total(), 1_200);
+    // The pass at 65 s deletes all 1,200, batch after batch.
+    run_for(Duration::from_secs(1), SECOND).await;
+    assert_eq!(h.engine.counts().await.unwrap().total(), 0);
+    for id in [ids[0], ids[1_199]] {
+        let error = h.engine.get_call(id).await.expect_err("purged");
+        assert!(matches!(error, EngineError::NotFound(_)), "{error:?}");
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_webhook_for_a_purged_call_is_unknown() {
+    let h = Harness::accepting(config().with_retention(Some(Duration::from_secs(60))));
+    let id = completed_calls(&h, 1).await[0];
+    let running = h.engine.start();
+    run_for(Duration::from_secs(65), SECOND).await;
+    running.shutdown().await;
+
+    let first = attempt(id, 1);
+    for query in [None, Some(first)] {
+        let outcome = h
+            .engine
+            .handle_webhook(webhook(
+                &provider_id(first),
+                ReportedStatus::Completed,
+                query,
+            ))
+            .await;
+        assert!(
+            matches!(outcome, Err(EngineError::NotFound(_))),
+            "query {query:?}: {outcome:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_retention_every_call_is_kept() {
+    let h = Harness::accepting(config());
+    completed_calls(&h, 3).await;
+    let running = h.engine.start();
+    run_for(Duration::from_secs(3_600), SECOND).await;
+    running.shutdown().await;
+    assert_eq!(h.engine.counts().await.unwrap().total(), 3);
+}
+
 // ------------------------------------------------------------- lifecycle
+
+const MS_10: Duration = Duration::from_millis(10);
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Lets tasks run, then moves virtual time forward `duration` in `step`s,
+/// letting tasks run after each. A task's sleep ends at the first step at or
+/// after its deadline, so `step` bounds how late a timer may be observed.
+async fn run_for(duration: Duration, step: Duration) {
+    settle_tasks().await;
+    let mut left = duration;
+    while !left.is_zero() {
+        let now = step.min(left);
+        tokio::time::advance(now).await;
+        settle_tasks().await;
+        left -= now;
+    }
+}
 
 /// Lets every task that can run at this virtual instant run.
 async fn settle_tasks() {

@@ -345,6 +345,14 @@ impl Store for PgStore {
         Ok(timers::next_timer(&self.pool, now).await?)
     }
 
+    async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        PgStore::purge_ended_before(self, cutoff, limit).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(connect::ping(&self.pool).await?)
     }

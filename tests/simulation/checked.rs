@@ -10,7 +10,9 @@
 //!   limit; `settle` and `record_dial` act if, and only if, the attempt is the
 //!   call's current one and `IN_PROGRESS`; `update_payload` succeeds only on
 //!   `PENDING` calls and answers `Conflict` otherwise; `expire_due` expires
-//!   only `PENDING` calls past their deadline.
+//!   only `PENDING` calls past their deadline; `purge_ended_before` deletes
+//!   only terminal calls that ended before the cutoff, at most its limit,
+//!   those that ended first, and no call disappears otherwise.
 //! - With [`EngineRules`], the rules of an engine using the store: the
 //!   engine's global cap, its attempt limit, back-off delays no shorter than
 //!   the retry policy allows, and `PENDING` calls expiring within 2 s of their
@@ -156,8 +158,11 @@ impl CheckedStore {
         if numbers.len() != in_progress.len() {
             violations.push("two calls in progress to one number".to_owned());
         }
-        if checker.last.len() > calls.len() {
-            violations.push("a call disappeared".to_owned());
+        let present: BTreeSet<CallId> = calls.iter().map(|call| call.id).collect();
+        for id in checker.last.keys() {
+            if !present.contains(id) && !touched.contains(id) {
+                violations.push(format!("call {id} disappeared"));
+            }
         }
         for call in &calls {
             let before = checker.last.get(&call.id);
@@ -326,6 +331,46 @@ fn check_engine_rules(
     }
 }
 
+/// The calls a purge at `cutoff` with `limit` may delete, given that it
+/// reported `count` and deleted `purged`: violations of its contract.
+fn judge_purge(
+    cutoff: DateTime<Utc>,
+    limit: u32,
+    count: u64,
+    purged: &[&Call],
+    before: &BTreeMap<CallId, Call>,
+) -> (BTreeSet<CallId>, Vec<String>) {
+    let eligible =
+        |call: &Call| call.status.is_terminal() && call.ended_at.is_some_and(|at| at < cutoff);
+    let mut violations = Vec::new();
+    if count != purged.len() as u64 || count > u64::from(limit) {
+        violations.push(format!(
+            "purge reported {count} calls, deleted {}, limit {limit}",
+            purged.len()
+        ));
+    }
+    for call in purged.iter().filter(|call| !eligible(call)) {
+        violations.push(format!(
+            "purged {} ({}, ended {:?}), cutoff {cutoff}",
+            call.id, call.status, call.ended_at
+        ));
+    }
+    let last_purged = purged.iter().filter_map(|call| call.ended_at).max();
+    let ids: BTreeSet<CallId> = purged.iter().map(|call| call.id).collect();
+    for call in before.values() {
+        let skipped = eligible(call)
+            && !ids.contains(&call.id)
+            && (purged.len() < limit as usize || call.ended_at < last_purged);
+        if skipped {
+            violations.push(format!(
+                "purge kept {}, which ended at {:?}, before the calls it deleted or with room left",
+                call.id, call.ended_at
+            ));
+        }
+    }
+    (ids, violations)
+}
+
 fn only(id: CallId) -> BTreeSet<CallId> {
     BTreeSet::from([id])
 }
@@ -482,6 +527,26 @@ impl Store for CheckedStore {
 
     async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.inner.next_timer(now).await
+    }
+
+    async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let operation = self.inner.purge_ended_before(cutoff, limit);
+        self.checked("purge_ended_before", operation, |result, before| {
+            let Ok(count) = result else {
+                return (BTreeSet::new(), Vec::new());
+            };
+            let present: BTreeSet<CallId> =
+                self.inner.snapshot().iter().map(|call| call.id).collect();
+            let purged: Vec<&Call> = before
+                .values()
+                .filter(|call| !present.contains(&call.id))
+                .collect();
+            judge_purge(cutoff, limit, *count, &purged, before)
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
 //! The dispatcher: the loop that runs rounds when the store signals a change
 //! or a timer is due, the round itself (expire, reclaim, claim), one task per
-//! dial, and the drain of dials in flight at shutdown.
+//! dial, and the drain of dials in flight and store writes being retried at
+//! shutdown.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::decide::{self, DialVerdict};
+use super::persist::transient;
 use super::Inner;
 use crate::call::{AttemptRef, Call};
 use crate::clock;
@@ -23,10 +25,16 @@ impl Inner {
     /// The dispatch loop: a round, then a wait for a store change, a finished
     /// dial, the next timer (at most the fallback poll) or the stop signal.
     /// On stop, claims nothing more and waits up to the shutdown grace for the
-    /// dials in flight, so their answers are recorded.
+    /// dials in flight and the store writes being retried, so the provider's
+    /// answers are recorded. Runs retention alongside, when configured, and
+    /// stops it on return (or when aborted).
     pub(super) async fn dispatch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut changes = self.store.subscribe();
         let mut dials = JoinSet::new();
+        let mut housekeeping = JoinSet::new();
+        if let Some(retention) = self.config.retention {
+            housekeeping.spawn(Arc::clone(&self).retain(retention));
+        }
         loop {
             changes.mark_unchanged();
             let now = self.clock.now();
@@ -48,12 +56,20 @@ impl Inner {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        housekeeping.abort_all();
         let grace = self.config.shutdown_grace;
-        let drain = async { while dials.join_next().await.is_some() {} };
+        let mut retries = self.pending_retries.subscribe();
+        let drain = async {
+            while dials.join_next().await.is_some() {}
+            // Writes the webhook intake is retrying; it keeps taking
+            // in-process webhooks until the handle stops it after this.
+            let _ = retries.wait_for(|pending| *pending == 0).await;
+        };
         if tokio::time::timeout(grace, drain).await.is_err() {
             warn!(
                 in_flight = dials.len(),
-                "shutdown grace ran out; abandoning dial requests"
+                retrying = *self.pending_retries.borrow(),
+                "shutdown grace ran out; abandoning dial requests and store writes being retried"
             );
         }
     }
@@ -100,7 +116,7 @@ impl Inner {
                     rng,
                 )
             });
-            self.settle_logged(attempt, settlement).await;
+            self.settle(attempt, settlement, None).await;
         }
         let request = ClaimRequest {
             now,
@@ -125,10 +141,15 @@ impl Inner {
         self.store.next_timer(now).await
     }
 
-    /// Dials `call`'s current attempt and records what the provider answered.
+    /// Dials `call`'s current attempt and records what the provider answered,
+    /// retrying the store write through an outage until the attempt's lease
+    /// runs out.
     async fn dial(self: Arc<Self>, call: Call) {
         let request = DialRequest::for_call(&call);
         let attempt = request.attempt;
+        let lease_end = call
+            .lease_expires_at
+            .unwrap_or_else(|| clock::add(self.clock.now(), self.config.lease));
         let answer = self.provider.start_call(&request).await;
         let now = self.clock.now();
         let verdict = self.with_rng(|rng| {
@@ -145,34 +166,55 @@ impl Inner {
             DialVerdict::Record { provider_call_id } => {
                 metrics::counter!("orchestrator_dials_total", "outcome" => "accepted").increment(1);
                 debug!(%provider_call_id, "provider accepted the dial");
-                if let Err(error) = self.store.record_dial(attempt, &provider_call_id).await {
-                    warn!(%error, "could not record the provider call id; the webhook's query still names the attempt");
-                }
+                // Until it is recorded, the webhook still finds the attempt
+                // through the callId and attempt in its URL's query.
+                let record = || self.store.record_dial(attempt, &provider_call_id);
+                self.retry_write("record the provider call id", lease_end, transient, record)
+                    .await;
             }
             DialVerdict::Settle { label, settlement } => {
                 metrics::counter!("orchestrator_dials_total", "outcome" => label).increment(1);
-                self.settle_logged(attempt, settlement).await;
+                self.settle(attempt, settlement, Some(lease_end)).await;
             }
         }
     }
 
-    /// Settles `attempt`, logging instead of failing: an attempt that cannot
-    /// be settled now is reclaimed when its lease runs out.
-    async fn settle_logged(&self, attempt: AttemptRef, settlement: Settlement) {
+    /// Settles `attempt` and logs the outcome. With `retry_until` (the
+    /// attempt's lease end), a write the store could not take is retried
+    /// until then; without, it is left to the next round (stale leases are
+    /// listed again until settled).
+    async fn settle(
+        &self,
+        attempt: AttemptRef,
+        settlement: Settlement,
+        retry_until: Option<DateTime<Utc>>,
+    ) {
         let retry = matches!(settlement, Settlement::Retry { .. });
-        match self.store.settle(attempt, settlement).await {
-            Ok(Settled::Applied(call)) => {
+        let write = || self.store.settle(attempt, settlement.clone());
+        let settled = match retry_until {
+            Some(deadline) => {
+                self.retry_write("settle the attempt", deadline, transient, write)
+                    .await
+            }
+            None => match write().await {
+                Ok(settled) => Some(settled),
+                Err(error) => {
+                    warn!(call_id = %attempt.call_id, %error, "could not settle the attempt; the next round tries again");
+                    None
+                }
+            },
+        };
+        match settled {
+            Some(Settled::Applied(call)) => {
                 if retry {
                     metrics::counter!("orchestrator_retries_total").increment(1);
                 }
                 info!(call_id = %call.id, attempt = attempt.attempt, status = %call.status, last_error = ?call.last_error, "attempt settled");
             }
-            Ok(Settled::Stale(_)) => {
+            Some(Settled::Stale(_)) => {
                 debug!(call_id = %attempt.call_id, "attempt already settled elsewhere");
             }
-            Err(error) => {
-                warn!(call_id = %attempt.call_id, %error, "could not settle the attempt; its lease will reclaim it");
-            }
+            None => {}
         }
     }
 }

@@ -2,27 +2,66 @@
 //! settling it, for webhooks from HTTP ([`Engine::handle_webhook`]) and
 //! from an in-process provider (the intake task) alike.
 //!
+//! A webhook over HTTP that the store cannot take fails, and the provider
+//! delivers it again (webhook senders retry). An in-process webhook has no
+//! sender to retry it, so the intake retries it itself (see `persist`).
+//!
 //! [`Engine::handle_webhook`]: super::Engine::handle_webhook
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use super::persist::transient_engine;
 use super::{decide, EngineError, Inner, WebhookOutcome};
+use crate::clock;
 use crate::provider::WebhookDelivery;
 use crate::store::{Settled, Settlement};
 use crate::validate::validate_provider_call_id;
 
 impl Inner {
     /// Settles every webhook an in-process provider delivers, until every
-    /// sink is dropped or the task is aborted.
+    /// sink is dropped (then finishes the retries) or the task is aborted
+    /// (which drops them).
     pub(super) async fn intake(self: Arc<Self>, mut webhooks: mpsc::Receiver<WebhookDelivery>) {
-        while let Some(delivery) = webhooks.recv().await {
-            if let Err(error) = self.handle_webhook(delivery).await {
-                warn!(%error, "in-process webhook not settled");
+        let mut retries = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                Some(_) = retries.join_next(), if !retries.is_empty() => {}
+                delivery = webhooks.recv() => {
+                    let Some(delivery) = delivery else { break };
+                    match self.handle_webhook(delivery.clone()).await {
+                        Ok(_) => {}
+                        Err(error) if transient_engine(&error) => {
+                            retries.spawn(Arc::clone(&self).retry_webhook(delivery));
+                        }
+                        Err(error) => warn!(%error, "in-process webhook not settled"),
+                    }
+                }
             }
         }
+        while retries.join_next().await.is_some() {}
+    }
+
+    /// Retries an in-process webhook the store could not take, for at most
+    /// one lease: the attempt it reports on was claimed before it arrived,
+    /// so by then its lease has run out and the stale-lease path owns it.
+    async fn retry_webhook(self: Arc<Self>, delivery: WebhookDelivery) {
+        let deadline = clock::add(self.clock.now(), self.config.lease);
+        let span =
+            info_span!("webhook retry", provider_call_id = %delivery.report.provider_call_id);
+        let handle = || self.handle_webhook(delivery.clone());
+        self.retry_write(
+            "settle an in-process webhook",
+            deadline,
+            transient_engine,
+            handle,
+        )
+        .instrument(span)
+        .await;
     }
 
     /// Settles one webhook and counts its outcome.

@@ -8,6 +8,9 @@
 //! - `intake`: settling webhooks, from HTTP or from an in-process provider.
 //! - `decide`: pure functions deciding what a dial's answer or a webhook's
 //!   report settles an attempt to.
+//! - `persist`: retrying the store writes that record a provider's answer
+//!   through a store outage.
+//! - `retention`: deleting calls that ended long ago.
 //!
 //! Dispatch is event-driven: the dispatcher sleeps until the store signals a
 //! change (a call created, a slot freed) or the next timed event is due, then
@@ -18,6 +21,8 @@
 mod decide;
 mod dispatch;
 mod intake;
+mod persist;
+mod retention;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,6 +38,7 @@ use crate::call::{Call, CallId, NewCall, PayloadPatch};
 use crate::clock::{self, Clock, SystemClock};
 use crate::config::{ConfigError, EngineConfig};
 use crate::provider::{Provider, WebhookDelivery, WebhookSink};
+use crate::retry::RetryPolicy;
 use crate::state::TransitionError;
 use crate::store::{Created, ListQuery, Page, StatusCounts, Store, StoreError};
 use crate::validate::{validate_new_call, Invalid};
@@ -150,6 +156,19 @@ impl EngineBuilder {
     /// [`ConfigError`] when the configuration is out of range.
     pub fn build(self) -> Result<Engine, ConfigError> {
         self.config.validate()?;
+        // Half of each delay at most is cut at random, so engines that lost
+        // the store together do not come back in step. No attempt limit:
+        // the attempt's lease ends the tries.
+        let store_retry = RetryPolicy::new(
+            self.config.store_retry_base,
+            self.config.store_retry_max,
+            u32::MAX,
+            0.5,
+        )
+        .map_err(|_| ConfigError {
+            field: "store_retry_base",
+            problem: "must be positive and at most store_retry_max",
+        })?;
         let rng = match self.seed {
             Some(seed) => ChaCha8Rng::seed_from_u64(seed),
             None => ChaCha8Rng::from_os_rng(),
@@ -161,6 +180,8 @@ impl EngineBuilder {
                 clock: self.clock,
                 config: self.config,
                 rng: Mutex::new(rng),
+                store_retry,
+                pending_retries: watch::Sender::new(0),
             }),
         })
     }
@@ -174,6 +195,11 @@ struct Inner {
     config: EngineConfig,
     /// The one source of randomness (call ids, jitter), seeded for replays.
     rng: Mutex<ChaCha8Rng>,
+    /// The back-off between tries of a store write that failed.
+    store_retry: RetryPolicy,
+    /// How many store writes are being retried; a graceful shutdown waits
+    /// for it to reach 0.
+    pending_retries: watch::Sender<usize>,
 }
 
 impl Inner {

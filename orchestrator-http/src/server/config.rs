@@ -14,6 +14,7 @@
 //! | `MAX_RETRY_SECONDS` | `--max-retry-seconds` | `600` | cap on one back-off, at least `BASE_RETRY_SECONDS` |
 //! | `STALE_INPROG_SECONDS` | `--stale-inprog-seconds` | `900` | IN_PROGRESS this long without a webhook is a failed attempt |
 //! | `PENDING_TTL_SECONDS` | `--pending-ttl-seconds` | none | calls without `expiresAt` expire this long after creation |
+//! | `RETENTION_SECONDS` | `--retention-seconds` | none: keep every call | terminal calls that ended longer ago are deleted, in small batches every few seconds |
 //! | `REDIAL_ON` | `--redial-on` | none | webhook outcomes re-dialled with back-off instead of failing the call: `BUSY`, `NO_ANSWER` or `BUSY,NO_ANSWER` |
 //! | `PROVIDER_BASE_URL` | `--provider-base-url` | none: simulated provider | the AI-call provider, `http://` or `https://` |
 //! | `PROVIDER_API_KEY` | `--provider-api-key` | none | sent as `Authorization: Bearer`; visible ASCII |
@@ -134,6 +135,9 @@ pub struct Settings {
     /// Calls created without expiresAt expire this long after creation: seconds, or e.g. 1h.
     #[arg(long, env = "PENDING_TTL_SECONDS", value_parser = positive_duration, global = true)]
     pub pending_ttl_seconds: Option<Duration>,
+    /// Terminal calls that ended longer ago are deleted: seconds, or e.g. 30d.
+    #[arg(long, env = "RETENTION_SECONDS", value_parser = positive_duration, global = true)]
+    pub retention_seconds: Option<Duration>,
     /// Webhook outcomes re-dialled with back-off instead of failing the call.
     #[arg(
         long,
@@ -493,6 +497,7 @@ impl Config {
             .with_retry(retry)
             .with_lease(settings.stale_inprog_seconds)
             .with_pending_ttl(settings.pending_ttl_seconds)
+            .with_retention(settings.retention_seconds)
             .with_redial(
                 RedialPolicy::default()
                     .with_busy(settings.redial_on.contains(&Redial::Busy))
@@ -554,6 +559,7 @@ mod tests {
         assert_eq!(config.engine.retry.max_delay(), Duration::from_secs(600));
         assert_eq!(config.engine.lease, Duration::from_secs(900));
         assert_eq!(config.engine.pending_ttl, None);
+        assert_eq!(config.engine.retention, None);
         assert_eq!(config.engine.redial, RedialPolicy::default());
         assert!(config.database_url.is_none());
         assert!(config.provider.is_none());
@@ -588,12 +594,18 @@ mod tests {
             "1.5s",
             "--pending-ttl-seconds",
             "1h30m",
+            "--retention-seconds",
+            "30d",
         ])
         .unwrap();
         assert_eq!(config.engine.retry.base(), Duration::from_millis(250));
         assert_eq!(config.engine.retry.max_delay(), Duration::from_secs(600));
         assert_eq!(config.engine.lease, Duration::from_millis(1500));
         assert_eq!(config.engine.pending_ttl, Some(Duration::from_secs(5400)));
+        assert_eq!(
+            config.engine.retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
     }
 
     #[test]
@@ -634,7 +646,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_flag_and_variable() {
-        let cases: [(&[&str], &str); 13] = [
+        let cases: [(&[&str], &str); 14] = [
             (&["--base-retry-seconds", "abc"], "BASE_RETRY_SECONDS"),
             (&["--base-retry-seconds=-1"], "BASE_RETRY_SECONDS"),
             (&["--base-retry-seconds", "0"], "BASE_RETRY_SECONDS"),
@@ -651,6 +663,7 @@ mod tests {
             (&["--public-base-url", "not a url"], "PUBLIC_BASE_URL"),
             (&["--database-url", "mysql://x"], "DATABASE_URL"),
             (&["--redial-on", "BUSY,RINGING"], "REDIAL_ON"),
+            (&["--retention-seconds", "0"], "RETENTION_SECONDS"),
         ];
         for (args, variable) in cases {
             let message = clap_error(args);

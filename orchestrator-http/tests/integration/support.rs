@@ -343,6 +343,13 @@ impl Store for BrokenStore {
     async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.inner.next_timer(now).await
     }
+    async fn purge_ended_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        self.inner.purge_ended_before(cutoff, limit).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.misbehave().await
     }
