@@ -134,34 +134,32 @@ impl AppState {
     }
 
     /// Notes whether the store could be reached, as a readiness check, a
-    /// scrape or any other store call just found, and logs when that changes:
-    /// a warning when it becomes unreachable, and a line saying for how long
-    /// it was down when it is reachable again.
+    /// scrape or the server's periodic check just found, and logs when that
+    /// changes: a warning when it becomes unreachable, and a line saying for
+    /// how long it was down when it is reachable again. The cause is not
+    /// repeated here: the failed request, or the dispatcher, logs it.
     pub(crate) fn observe_store<T>(&self, result: &Result<T, EngineError>) {
-        let unavailable = match result {
-            Err(EngineError::Store(error @ StoreError::Unavailable(_))) => Some(error),
-            _ => None,
-        };
+        let reachable = !matches!(result, Err(EngineError::Store(StoreError::Unavailable(_))));
         let now = Instant::now();
         // The record has no invariant a panic could break.
         let mut health = self
             .store_health
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match (*health, unavailable) {
-            (StoreHealth::Unreachable { since }, None) => {
+        match (*health, reachable) {
+            (StoreHealth::Unreachable { since }, true) => {
                 *health = StoreHealth::Reachable;
                 tracing::info!(
                     down_for_seconds = now.duration_since(since).as_secs_f64(),
                     "store reachable again"
                 );
             }
-            (StoreHealth::Unknown | StoreHealth::Reachable, Some(error)) => {
+            (StoreHealth::Unknown | StoreHealth::Reachable, false) => {
                 *health = StoreHealth::Unreachable { since: now };
-                tracing::warn!(%error, "store unreachable");
+                tracing::warn!("store unreachable");
             }
-            (StoreHealth::Unknown, None) => *health = StoreHealth::Reachable,
-            (StoreHealth::Reachable, None) | (StoreHealth::Unreachable { .. }, Some(_)) => {}
+            (StoreHealth::Unknown, true) => *health = StoreHealth::Reachable,
+            (StoreHealth::Reachable, true) | (StoreHealth::Unreachable { .. }, false) => {}
         }
     }
 }

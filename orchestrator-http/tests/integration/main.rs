@@ -3,6 +3,7 @@
 //! HTTP provider against a local stub server, and end-to-end runs over real
 //! sockets with the mock provider.
 
+mod access;
 mod calls;
 #[cfg(feature = "server")]
 mod end_to_end;
@@ -10,5 +11,7 @@ mod http_provider;
 mod malformed;
 mod metrics_and_health;
 mod openapi;
+#[cfg(feature = "server")]
+mod serving;
 mod support;
 mod webhook;
