@@ -15,6 +15,14 @@
 //! `pageSize`), the path segment as `id`, and headers by their name
 //! (`Idempotency-Key`, `webhook-signature`).
 //!
+//! One exception: a request hyper's HTTP/1 parser cannot read (a control
+//! character in a header value, headers over its size limit, a malformed
+//! request line) is answered by hyper itself with a bare 400, 431 or 414 and
+//! the connection closed, before any layer of ours runs; hyper offers no
+//! hook for that answer. Its `ignore_invalid_headers` option would let the
+//! request through without the offending header instead, which is worse: a
+//! dropped `Idempotency-Key` would create a second call.
+//!
 //! [`ApiError::parts`] is the one mapping from an error to its status, problem
 //! type and title. A 5xx never carries internals: the client gets a generic
 //! detail, and the cause is logged once, by the [`log_server_errors`] layer.
