@@ -202,6 +202,9 @@ impl Server {
             Ok((stream, _)) => stream,
             Err(error) => return self.accept_failed(&error).await,
         };
+        // Reap finished tasks here too: under a flood of connections the
+        // loop's own reaping branch may not get its turn.
+        while self.tasks.try_join_next().is_some() {}
         if lock(&self.table).connections.len() >= self.max_connections {
             self.make_room();
         }

@@ -10,6 +10,8 @@ mod end_to_end;
 mod http_provider;
 mod malformed;
 mod metrics_and_health;
+#[cfg(feature = "postgres")]
+mod migrate;
 mod openapi;
 #[cfg(feature = "server")]
 mod serving;
