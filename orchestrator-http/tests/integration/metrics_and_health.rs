@@ -210,6 +210,9 @@ async fn the_store_going_down_and_coming_back_is_logged_once_each_way() {
         .with_ansi(false)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // A callsite first reached by another test while this subscriber was
+    // being installed may have cached "no interest"; ask every one again.
+    tracing::callsite::rebuild_interest_cache();
     let (store, down) = BrokenStore::switchable(Ping::Fails);
     let app = TestApp::with(Arc::new(store), Arc::new(AcceptingProvider), None);
     let scrape = || {
