@@ -365,33 +365,55 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     })
 }
 
-/// Warns at start about settings that leave the server open or unreachable:
-/// no API keys (anyone who reaches the port controls calls), no webhook
-/// secret with a real provider, and a real provider told to call back a
-/// loopback address it cannot reach.
-fn warn_about_exposure(config: &Config, local_addr: SocketAddr, public_base_url: &Url) {
+/// A setting that leaves the server open, or its webhooks unreachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exposure {
+    /// No API keys: anyone who reaches the port controls calls.
+    NoApiKeys,
+    /// A real provider and no webhook secret: anyone can settle calls.
+    UnsignedWebhooks,
+    /// A remote provider told to call back a loopback address it cannot reach.
+    UnreachableWebhooks,
+}
+
+/// What `config` exposes, with `public_base_url` as the provider is given it.
+fn exposures(config: &Config, public_base_url: &Url) -> Vec<Exposure> {
+    let mut found = Vec::new();
     if config.api_keys.is_none() {
-        tracing::warn!(
-            address = %local_addr,
-            "NO API KEYS: anyone who reaches this port can place, read and change calls. \
-             Set API_KEYS or API_KEYS_FILE before exposing it; without them the server \
-             listens on 127.0.0.1 unless BIND_HOST says otherwise"
-        );
+        found.push(Exposure::NoApiKeys);
     }
-    let Some(provider) = &config.provider else {
-        return;
-    };
-    if config.webhook_secret.is_none() {
-        tracing::warn!("WEBHOOK_SECRET is not set: unsigned webhooks will be accepted");
+    if let Some(provider) = &config.provider {
+        if config.webhook_secret.is_none() {
+            found.push(Exposure::UnsignedWebhooks);
+        }
+        if !is_loopback(&provider.base_url) && is_loopback(public_base_url) {
+            found.push(Exposure::UnreachableWebhooks);
+        }
     }
-    if !is_loopback(&provider.base_url) && is_loopback(public_base_url) {
-        tracing::warn!(
-            provider = %provider.base_url,
-            public_base_url = %public_base_url,
-            "the provider is remote but PUBLIC_BASE_URL is a loopback address: its webhooks \
-             can never reach this server, so every call will end by its lease running out. \
-             Set PUBLIC_BASE_URL to the URL the provider can reach"
-        );
+    found
+}
+
+/// Warns at start about each of [`exposures`].
+fn warn_about_exposure(config: &Config, local_addr: SocketAddr, public_base_url: &Url) {
+    for exposure in exposures(config, public_base_url) {
+        match exposure {
+            Exposure::NoApiKeys => tracing::warn!(
+                address = %local_addr,
+                "NO API KEYS: anyone who reaches this port can place, read and change calls. \
+                 Set API_KEYS or API_KEYS_FILE before exposing it; without them the server \
+                 listens on 127.0.0.1 unless BIND_HOST says otherwise"
+            ),
+            Exposure::UnsignedWebhooks => {
+                tracing::warn!("WEBHOOK_SECRET is not set: unsigned webhooks will be accepted");
+            }
+            Exposure::UnreachableWebhooks => tracing::warn!(
+                provider = ?config.provider.as_ref().map(|provider| provider.base_url.as_str()),
+                public_base_url = %public_base_url,
+                "the provider is remote but PUBLIC_BASE_URL is a loopback address: its webhooks \
+                 can never reach this server, so every call will end by its lease running out. \
+                 Set PUBLIC_BASE_URL to the URL the provider can reach"
+            ),
+        }
     }
 }
 
@@ -440,6 +462,51 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_provider(base_url: &str) -> Config {
+        Config {
+            provider: Some(crate::server::config::ProviderSettings {
+                base_url: Url::parse(base_url).unwrap(),
+                api_key: None,
+                timeout: Duration::from_secs(1),
+            }),
+            webhook_secret: Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".parse().unwrap()),
+            api_keys: Some("0123456789abcdef".parse().unwrap()),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn a_remote_provider_with_a_loopback_public_url_is_an_exposure() {
+        let loopback = Url::parse("http://127.0.0.1:8080/").unwrap();
+        let public = Url::parse("https://calls.example.com/").unwrap();
+        let remote = with_provider("https://provider.example.com/");
+        assert_eq!(
+            exposures(&remote, &loopback),
+            [Exposure::UnreachableWebhooks]
+        );
+        assert_eq!(exposures(&remote, &public), []);
+        // A provider on this machine (a mock, a stand-in) reaches loopback fine.
+        let local = with_provider("http://localhost:9090/");
+        assert_eq!(exposures(&local, &loopback), []);
+    }
+
+    #[test]
+    fn missing_keys_and_secrets_are_exposures() {
+        let loopback = Url::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            exposures(&Config::default(), &loopback),
+            [Exposure::NoApiKeys]
+        );
+        let unsigned = Config {
+            webhook_secret: None,
+            ..with_provider("http://127.0.0.1:9090/")
+        };
+        assert_eq!(
+            exposures(&unsigned, &loopback),
+            [Exposure::UnsignedWebhooks]
+        );
+    }
 
     #[test]
     fn loopback_urls_are_recognised() {
