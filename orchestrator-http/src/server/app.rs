@@ -174,7 +174,9 @@ impl Running {
             }
             () = signal => {}
         }
-        tracing::info!("shutting down: dispatching stopped; answering requests in progress");
+        tracing::info!(
+            "shutting down: dispatching stops now; requests in progress are still answered"
+        );
         self.shutdown().await
     }
 }
