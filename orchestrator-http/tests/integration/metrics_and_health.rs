@@ -156,7 +156,7 @@ async fn health_is_always_200_and_ready_follows_the_store() {
 }
 
 #[tokio::test]
-async fn prometheus_text_is_served_through_a_store_outage_with_the_store_down() {
+async fn prometheus_text_is_served_while_the_store_is_down() {
     let scrape = || {
         request(Method::GET, "/metrics")
             .header(header::ACCEPT, "text/plain")
