@@ -6,7 +6,8 @@
 //!
 //! Embeddable part, in reading order:
 //!
-//! - [`state`]: [`AppState`] (engine, webhook secret, metrics handle) and [`Limits`].
+//! - [`state`]: [`AppState`] (engine, webhook secret, API keys, metrics handle) and [`Limits`].
+//! - [`auth`]: [`ApiKeys`], the bearer keys the client API may require.
 //! - [`problem`]: RFC 9457 problem documents and the one error mapping.
 //! - [`extract`]: extractors whose rejections are problem documents.
 //! - [`routes`]: the handlers ([`routes::calls`], [`routes::webhook`],
@@ -28,6 +29,7 @@
 //! query parameters are ignored, any `Content-Type` is read as JSON) and
 //! strict about what it settles (status, types, timestamps, signature).
 
+pub mod auth;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
@@ -41,6 +43,7 @@ pub mod signature;
 pub mod state;
 mod telemetry;
 
+pub use auth::ApiKeys;
 pub use problem::{ApiError, FieldError, Problem};
 pub use provider::{HttpProvider, HttpProviderConfig};
 pub use router::{router, API_PREFIX};

@@ -3,11 +3,15 @@
 //!
 //! The text holds:
 //!
-//! - `orchestrator_calls{status}`, `orchestrator_slots_in_use`,
-//!   `orchestrator_slots_max`: gauges computed from the store at scrape time.
-//!   They are rendered per request rather than through a recorder, because
-//!   they describe one router's store, and a process may hold several routers
-//!   (tests do);
+//! - `orchestrator_store_up`: 1 when the store answered this scrape, 0
+//!   when it could not be reached;
+//! - `orchestrator_slots_max`: the cap on concurrent calls;
+//! - `orchestrator_calls{status}`, `orchestrator_slots_in_use`: gauges
+//!   computed from the store at scrape time,
+//!   left out while the store cannot be reached (a missing series, rather
+//!   than a made-up zero). They are rendered per request rather than through
+//!   a recorder, because they describe one router's store, and a process may
+//!   hold several routers (tests do);
 //! - when the router was given a [`PrometheusHandle`]
 //!   ([`AppState::with_metrics`](crate::AppState::with_metrics)), the engine's
 //!   own series (`orchestrator_dials_total{outcome}`,
@@ -100,15 +104,39 @@ fn describe_engine_metrics() {
     );
 }
 
-/// The Prometheus text of one scrape: the gauges derived from `counts` and
-/// the concurrency `cap`, then the series of `recorder`, when there is one.
+/// The Prometheus text of one scrape: whether the store is up, the gauges
+/// derived from `counts` (`None`: the store could not be counted) and the
+/// concurrency `cap`, then the series of `recorder`, when there is one.
 pub(crate) fn prometheus_text(
-    counts: &StatusCounts,
+    counts: Option<&StatusCounts>,
     cap: u32,
     recorder: Option<&PrometheusHandle>,
 ) -> String {
     let mut text = String::new();
     // Writing to a String cannot fail.
+    let _ = writeln!(
+        text,
+        "# HELP orchestrator_store_up Whether the call store answered this scrape (1) or could not be reached (0)."
+    );
+    let _ = writeln!(text, "# TYPE orchestrator_store_up gauge");
+    let _ = writeln!(text, "orchestrator_store_up {}", u8::from(counts.is_some()));
+    let _ = writeln!(
+        text,
+        "# HELP orchestrator_slots_max The cap on concurrent calls (MAX_CONCURRENT_CALLS)."
+    );
+    let _ = writeln!(text, "# TYPE orchestrator_slots_max gauge");
+    let _ = writeln!(text, "orchestrator_slots_max {cap}");
+    if let Some(counts) = counts {
+        store_gauges(&mut text, counts);
+    }
+    if let Some(recorder) = recorder {
+        text.push_str(&recorder.render());
+    }
+    text
+}
+
+/// The gauges read from the store.
+fn store_gauges(text: &mut String, counts: &StatusCounts) {
     let _ = writeln!(
         text,
         "# HELP orchestrator_calls Calls in the store by status, at scrape time."
@@ -131,16 +159,6 @@ pub(crate) fn prometheus_text(
         "orchestrator_slots_in_use {}",
         counts.get(CallStatus::InProgress)
     );
-    let _ = writeln!(
-        text,
-        "# HELP orchestrator_slots_max The cap on concurrent calls (MAX_CONCURRENT_CALLS)."
-    );
-    let _ = writeln!(text, "# TYPE orchestrator_slots_max gauge");
-    let _ = writeln!(text, "orchestrator_slots_max {cap}");
-    if let Some(recorder) = recorder {
-        text.push_str(&recorder.render());
-    }
-    text
 }
 
 #[cfg(test)]
@@ -151,10 +169,20 @@ mod tests {
     fn gauges_list_every_status_and_the_cap() {
         let mut counts = StatusCounts::default();
         counts.set(CallStatus::InProgress, 4);
-        let text = prometheus_text(&counts, 30, None);
+        let text = prometheus_text(Some(&counts), 30, None);
+        assert!(text.contains("orchestrator_store_up 1\n"));
         assert!(text.contains("orchestrator_calls{status=\"EXPIRED\"} 0\n"));
         assert!(text.contains("orchestrator_calls{status=\"IN_PROGRESS\"} 4\n"));
         assert!(text.contains("orchestrator_slots_in_use 4\n"));
         assert!(text.contains("orchestrator_slots_max 30\n"));
+    }
+
+    #[test]
+    fn without_counts_the_store_is_down_and_its_gauges_absent() {
+        let text = prometheus_text(None, 30, None);
+        assert!(text.contains("orchestrator_store_up 0\n"));
+        assert!(!text.contains("orchestrator_calls{"), "{text}");
+        assert!(!text.contains("orchestrator_slots_in_use "), "{text}");
+        assert!(text.contains("orchestrator_slots_max 30\n"), "{text}");
     }
 }

@@ -4,14 +4,24 @@
 //! Each operation of [`routes::operations`](crate::routes::operations) is
 //! described here by a `#[utoipa::path]` item; the tests check that the two
 //! lists agree and that the document validates against the OpenAPI 3.1 schema.
+//! Which operations require an API key is taken from that list too
+//! ([`Access`]): each gets the `apiKey` bearer security requirement and its
+//! 401 answer from it, so the document cannot disagree with the router.
 //! The document's description is `API.md`, the API reference.
 
+use axum::http::Method;
 use chrono::{DateTime, Utc};
 use orchestrator_core::{Call, CallId, CallPayload, CallStatus, Page, ReportedStatus};
 use serde::Deserialize;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::openapi::content::Content;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{Object, Ref, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::problem::{FieldError, Problem};
+use crate::routes::Access;
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -53,6 +63,7 @@ use crate::problem::{FieldError, Problem};
         Problem,
         FieldError,
     )),
+    modifiers(&ApiKeySecurity),
     tags(
         (name = "calls", description = "Calls to place: create, read, change, list."),
         (name = "provider", description = "What the AI-call provider sends us."),
@@ -61,6 +72,72 @@ use crate::problem::{FieldError, Problem};
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
+
+/// Adds the `apiKey` security scheme, and to every operation that requires
+/// a key ([`Access::ApiKey`]) the security requirement and the 401 answer.
+struct ApiKeySecurity;
+
+/// The name of the bearer security scheme in the document.
+const API_KEY_SCHEME: &str = "apiKey";
+
+impl Modify for ApiKeySecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the server's API keys (`API_KEYS`), required when it has any.",
+                    ))
+                    .build(),
+            ),
+        );
+        let unauthenticated = ResponseBuilder::new()
+            .description(
+                "No API key, or a wrong one, while the server requires one; `errors` names `Authorization`.",
+            )
+            .content(
+                PROBLEM_JSON,
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
+            .header(
+                "WWW-Authenticate",
+                HeaderBuilder::new()
+                    .schema(Object::with_type(Type::String))
+                    .description(Some(
+                        "`Bearer realm=\"orchestrator\"`, with `error=\"invalid_token\"` for a wrong key.",
+                    ))
+                    .build(),
+            )
+            .build();
+        for operation in crate::routes::operations() {
+            if operation.access() != Access::ApiKey {
+                continue;
+            }
+            let Some(item) = openapi.paths.paths.get_mut(operation.path()) else {
+                continue;
+            };
+            let documented = match operation.method() {
+                Method::GET => item.get.as_mut(),
+                Method::POST => item.post.as_mut(),
+                Method::PATCH => item.patch.as_mut(),
+                _ => None,
+            };
+            if let Some(documented) = documented {
+                documented.security = Some(vec![SecurityRequirement::new(
+                    API_KEY_SCHEME,
+                    Vec::<String>::new(),
+                )]);
+                documented
+                    .responses
+                    .responses
+                    .insert("401".to_owned(), unauthenticated.clone().into());
+            }
+        }
+    }
+}
 
 /// The OpenAPI document.
 #[must_use]
@@ -371,9 +448,11 @@ fn call_status() {}
 ///
 /// JSON unless `Accept` prefers `text/plain` or `application/openmetrics-text`
 /// (as a Prometheus scraper does); then the Prometheus text format 0.0.4:
-/// gauges `orchestrator_calls{status}`, `orchestrator_slots_in_use`,
-/// `orchestrator_slots_max`, and the engine's counters and histograms when
-/// the server exports them.
+/// gauges `orchestrator_store_up`, `orchestrator_calls{status}`,
+/// `orchestrator_slots_in_use`, `orchestrator_slots_max`, and the engine's
+/// counters and histograms when the server exports them. While the store
+/// cannot be reached, the text is still served, with `orchestrator_store_up
+/// 0` and without the gauges only the store knows; JSON is then a 503.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -384,7 +463,7 @@ fn call_status() {}
             (StatusCounts = "application/json"),
             (String = "text/plain"),
         )),
-        (status = 503, description = "The store cannot be reached, or the request timed out.",
+        (status = 503, description = "JSON asked for and the store cannot be reached, or the request timed out.",
             body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
     ),
 )]

@@ -15,6 +15,14 @@
 //! `pageSize`), the path segment as `id`, and headers by their name
 //! (`Idempotency-Key`, `webhook-signature`).
 //!
+//! One exception: a request hyper's HTTP/1 parser cannot read (a control
+//! character in a header value, headers over its size limit, a malformed
+//! request line) is answered by hyper itself with a bare 400, 431 or 414 and
+//! the connection closed, before any layer of ours runs; hyper offers no
+//! hook for that answer. Its `ignore_invalid_headers` option would let the
+//! request through without the offending header instead, which is worse: a
+//! dropped `Idempotency-Key` would create a second call.
+//!
 //! [`ApiError::parts`] is the one mapping from an error to its status, problem
 //! type and title. A 5xx never carries internals: the client gets a generic
 //! detail, and the cause is logged once, by the [`log_server_errors`] layer.
@@ -34,6 +42,7 @@ use orchestrator_core::EngineError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::Credentials;
 use crate::signature::SignatureError;
 
 /// The media type of problem documents (RFC 9457 section 3).
@@ -53,6 +62,8 @@ pub mod types {
     pub const CALL_NOT_PENDING: &str = "/problems/call-not-pending";
     /// An `Idempotency-Key` was reused with a different request.
     pub const IDEMPOTENCY_KEY_REUSED: &str = "/problems/idempotency-key-reused";
+    /// The operation requires an API key, and the request had none or a wrong one.
+    pub const UNAUTHENTICATED: &str = "/problems/unauthenticated";
     /// The webhook signature is missing or wrong.
     pub const INVALID_SIGNATURE: &str = "/problems/invalid-signature";
     /// The store cannot be reached; retry later.
@@ -167,6 +178,10 @@ pub enum ApiError {
     /// The webhook signature was refused (401).
     #[error("{0}")]
     Unauthorized(SignatureError),
+    /// The operation requires an API key, and the request had none or a
+    /// wrong one (401).
+    #[error("{0}")]
+    Unauthenticated(Credentials),
     /// The store cannot be reached (503); the cause is logged, not sent.
     #[error("store unavailable")]
     StoreUnavailable(#[source] StoreError),
@@ -245,6 +260,11 @@ impl ApiError {
                 INVALID_SIGNATURE,
                 "Invalid webhook signature",
             ),
+            ApiError::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                UNAUTHENTICATED,
+                "Authentication required",
+            ),
             ApiError::StoreUnavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 STORE_UNAVAILABLE,
@@ -282,6 +302,9 @@ impl ApiError {
             ApiError::Unauthorized(error) => {
                 vec![FieldError::new(error.header(), error.to_string())]
             }
+            ApiError::Unauthenticated(error) => {
+                vec![FieldError::new("Authorization", error.to_string())]
+            }
             _ => Vec::new(),
         };
         Problem {
@@ -307,6 +330,19 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("StandardWebhooks realm=\"call-status\""),
+                );
+            }
+            // RFC 6750 section 3: the challenge names the scheme, and an
+            // error code when a token was presented but is wrong.
+            ApiError::Unauthenticated(credentials) => {
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(match credentials {
+                        Credentials::Missing => "Bearer realm=\"orchestrator\"",
+                        Credentials::Invalid => {
+                            "Bearer realm=\"orchestrator\", error=\"invalid_token\""
+                        }
+                    }),
                 );
             }
             // RFC 9110 section 10.2.3: tell clients when to come back.

@@ -13,8 +13,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::auth::require_api_key;
 use crate::problem::{log_server_errors, problem_for_bare_errors, ApiError};
-use crate::routes;
+use crate::routes::{self, Access};
 use crate::state::AppState;
 use crate::telemetry;
 
@@ -30,14 +31,28 @@ pub const API_PREFIX: &str = "/api/v1";
 /// 3. every 4xx and 5xx answer is an RFC 9457 problem document, including
 ///    axum's own (405, 413, ...); the cause of a 5xx is logged once, here;
 /// 4. the request timeout ([`Limits::request_timeout`](crate::Limits), 503);
-/// 5. the body limit ([`Limits::body_bytes`](crate::Limits), 413).
+/// 5. the body limit ([`Limits::body_bytes`](crate::Limits), 413);
+/// 6. when the state has API keys, the key check of every operation but
+///    those open to all or authenticated by a webhook signature
+///    ([`Access`]), 401.
 ///
 /// Unknown paths are 404 problem documents.
 pub fn router(state: AppState) -> Router {
+    let keys = state.api_keys().cloned();
     let api = routes::operations()
         .into_iter()
-        .map(routes::Operation::into_route)
-        .fold(Router::new(), |api, (path, route)| api.route(path, route));
+        .fold(Router::new(), |api, operation| {
+            let needs_key = operation.access() == Access::ApiKey;
+            let (path, route) = operation.into_route();
+            let route = match &keys {
+                Some(keys) if needs_key => route.route_layer(middleware::from_fn_with_state(
+                    keys.clone(),
+                    require_api_key,
+                )),
+                _ => route,
+            };
+            api.route(path, route)
+        });
     let limits = state.limits();
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -1,11 +1,15 @@
-//! What every handler shares: the engine, the webhook secret, the metrics
-//! handle and the request limits.
+//! What every handler shares: the engine, the webhook secret, the API keys,
+//! the metrics handle, the request limits, and what was last seen of the
+//! store's health.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use orchestrator_core::Engine;
+use orchestrator_core::store::StoreError;
+use orchestrator_core::{Engine, EngineError};
 
+use crate::auth::ApiKeys;
 use crate::signature::WebhookSecret;
 
 /// Bounds on one request.
@@ -44,8 +48,10 @@ impl Default for Limits {
 pub struct AppState {
     engine: Engine,
     webhook_secret: Option<WebhookSecret>,
+    api_keys: Option<ApiKeys>,
     metrics: Option<PrometheusHandle>,
     limits: Limits,
+    store_health: Arc<Mutex<StoreHealth>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -60,15 +66,17 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State over `orchestrator`, with no webhook secret, no metrics handle
-    /// and default limits. Installs nothing process-wide.
+    /// State over `engine`, with no webhook secret, no API keys, no metrics
+    /// handle and default limits. Installs nothing process-wide.
     #[must_use]
     pub fn new(engine: Engine) -> Self {
         Self {
             engine,
             webhook_secret: None,
+            api_keys: None,
             metrics: None,
             limits: Limits::default(),
+            store_health: Arc::default(),
         }
     }
 
@@ -76,6 +84,15 @@ impl AppState {
     #[must_use]
     pub fn with_webhook_secret(mut self, secret: Option<WebhookSecret>) -> Self {
         self.webhook_secret = secret;
+        self
+    }
+
+    /// Requires one of `keys` as `Authorization: Bearer <key>` on every
+    /// operation but the liveness and readiness probes and the provider's
+    /// webhooks (see [`crate::auth`]); `None` lets every request in.
+    #[must_use]
+    pub fn with_api_keys(mut self, keys: Option<ApiKeys>) -> Self {
+        self.api_keys = keys;
         self
     }
 
@@ -109,6 +126,12 @@ impl AppState {
         self.webhook_secret.as_ref()
     }
 
+    /// The API keys, when the client API requires one.
+    #[must_use]
+    pub fn api_keys(&self) -> Option<&ApiKeys> {
+        self.api_keys.as_ref()
+    }
+
     /// The Prometheus handle, when one was given.
     #[must_use]
     pub fn metrics(&self) -> Option<&PrometheusHandle> {
@@ -120,4 +143,46 @@ impl AppState {
     pub fn limits(&self) -> Limits {
         self.limits
     }
+
+    /// Notes whether the store could be reached, as a readiness check, a
+    /// scrape or the server's periodic check just found, and logs when that
+    /// changes: a warning when it becomes unreachable, and a line saying for
+    /// how long it was down when it is reachable again. The cause is not
+    /// repeated here: the failed request, or the dispatcher, logs it.
+    pub(crate) fn observe_store<T>(&self, result: &Result<T, EngineError>) {
+        let reachable = !matches!(result, Err(EngineError::Store(StoreError::Unavailable(_))));
+        let now = Instant::now();
+        // The record has no invariant a panic could break.
+        let mut health = self
+            .store_health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match (*health, reachable) {
+            (StoreHealth::Unreachable { since }, true) => {
+                *health = StoreHealth::Reachable;
+                tracing::info!(
+                    down_for_seconds = now.duration_since(since).as_secs_f64(),
+                    "store reachable again"
+                );
+            }
+            (StoreHealth::Unknown | StoreHealth::Reachable, false) => {
+                *health = StoreHealth::Unreachable { since: now };
+                tracing::warn!("store unreachable");
+            }
+            (StoreHealth::Unknown, true) => *health = StoreHealth::Reachable,
+            (StoreHealth::Reachable, true) | (StoreHealth::Unreachable { .. }, false) => {}
+        }
+    }
+}
+
+/// What was last seen of the store.
+#[derive(Clone, Copy, Debug, Default)]
+enum StoreHealth {
+    /// Not asked yet.
+    #[default]
+    Unknown,
+    /// It answered.
+    Reachable,
+    /// It could not be reached, since this instant.
+    Unreachable { since: Instant },
 }

@@ -40,7 +40,9 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::from_settings(cli.settings).context("invalid configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => server::migrate(&config).await.context("migrate failed"),
+        Command::Migrate(args) => server::migrate(&config, args)
+            .await
+            .context("migrate failed"),
         Command::Serve => {
             let running = server::start(config).await.context("could not start")?;
             running

@@ -26,10 +26,24 @@ enum Verb {
     Patch,
 }
 
+/// Who may call an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    /// Clients holding an API key, when the router has keys (see [`crate::auth`]).
+    ApiKey,
+    /// Anyone: the liveness and readiness probes, which orchestrators and
+    /// load balancers call without credentials.
+    Open,
+    /// The provider, authenticated by the webhook's signature, never by an API key.
+    Signed,
+}
+
 /// One operation: a method on a path, and the handler answering it.
 pub struct Operation {
     verb: Verb,
     path: &'static str,
+    access: Access,
     route: MethodRouter<AppState>,
 }
 
@@ -40,7 +54,7 @@ impl std::fmt::Debug for Operation {
 }
 
 impl Operation {
-    fn new<H, T>(verb: Verb, path: &'static str, handler: H) -> Self
+    fn new<H, T>(verb: Verb, path: &'static str, access: Access, handler: H) -> Self
     where
         H: Handler<T, AppState>,
         T: 'static,
@@ -50,7 +64,12 @@ impl Operation {
             Verb::Post => post(handler),
             Verb::Patch => patch(handler),
         };
-        Self { verb, path, route }
+        Self {
+            verb,
+            path,
+            access,
+            route,
+        }
     }
 
     /// The HTTP method. `GET` operations also answer `HEAD`.
@@ -70,6 +89,12 @@ impl Operation {
         self.path
     }
 
+    /// Who may call it.
+    #[must_use]
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
     /// The handler, for the router.
     pub(crate) fn into_route(self) -> (&'static str, MethodRouter<AppState>) {
         (self.path, self.route)
@@ -80,14 +105,19 @@ impl Operation {
 #[must_use]
 pub fn operations() -> Vec<Operation> {
     vec![
-        Operation::new(Verb::Post, "/calls", calls::create),
-        Operation::new(Verb::Get, "/calls", calls::list),
-        Operation::new(Verb::Get, "/calls/{id}", calls::get),
-        Operation::new(Verb::Patch, "/calls/{id}", calls::update),
-        Operation::new(Verb::Post, "/callbacks/call-status", webhook::call_status),
-        Operation::new(Verb::Get, "/metrics", ops::metrics),
-        Operation::new(Verb::Get, "/health", ops::health),
-        Operation::new(Verb::Get, "/ready", ops::ready),
-        Operation::new(Verb::Get, "/openapi.json", ops::openapi),
+        Operation::new(Verb::Post, "/calls", Access::ApiKey, calls::create),
+        Operation::new(Verb::Get, "/calls", Access::ApiKey, calls::list),
+        Operation::new(Verb::Get, "/calls/{id}", Access::ApiKey, calls::get),
+        Operation::new(Verb::Patch, "/calls/{id}", Access::ApiKey, calls::update),
+        Operation::new(
+            Verb::Post,
+            "/callbacks/call-status",
+            Access::Signed,
+            webhook::call_status,
+        ),
+        Operation::new(Verb::Get, "/metrics", Access::ApiKey, ops::metrics),
+        Operation::new(Verb::Get, "/health", Access::Open, ops::health),
+        Operation::new(Verb::Get, "/ready", Access::Open, ops::ready),
+        Operation::new(Verb::Get, "/openapi.json", Access::ApiKey, ops::openapi),
     ]
 }

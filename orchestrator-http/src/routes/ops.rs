@@ -7,6 +7,12 @@
 //! `application/openmetrics-text` (a Prometheus scraper does) gets the
 //! Prometheus text format 0.0.4 instead, which Prometheus accepts even when it
 //! asked for OpenMetrics first; see [`crate::metrics`] for what it holds.
+//!
+//! While the store cannot be reached, the Prometheus text is still served
+//! (200) with `orchestrator_store_up 0` and the process's own series, so a
+//! scraper keeps them through an outage; the JSON map, which holds nothing
+//! but the store's counts, is a 503 problem document then, rather than
+//! counts made up.
 
 use std::sync::OnceLock;
 
@@ -16,6 +22,7 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE, VARY};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use orchestrator_core::store::StoreError;
 use orchestrator_core::EngineError;
 use serde_json::json;
 
@@ -33,7 +40,9 @@ pub async fn health() -> Json<serde_json::Value> {
 /// # Errors
 /// 503 as a problem document when the store cannot be reached.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    match state.engine().ready().await {
+    let ready = state.engine().ready().await;
+    state.observe_store(&ready);
+    match ready {
         Ok(()) => Ok(Json(json!({"status": "ready"}))),
         Err(EngineError::Store(error)) => Err(ApiError::StoreUnavailable(error)),
         Err(other) => Err(other.into()),
@@ -43,17 +52,24 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<serde_json::Val
 /// `GET /metrics`; see the module documentation.
 ///
 /// # Errors
-/// 503 when the store cannot be counted.
+/// 503 for JSON when the store cannot be counted.
 pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let counts = state.engine().counts().await?;
+    let counts = state.engine().counts().await;
+    state.observe_store(&counts);
     let mut response = match negotiate(&headers) {
-        Format::Json => Json(counts).into_response(),
+        Format::Json => Json(counts?).into_response(),
         Format::Prometheus => {
+            let counts = match counts {
+                Ok(counts) => Some(counts),
+                // Logged as a transition by `observe_store`, not per scrape.
+                Err(EngineError::Store(StoreError::Unavailable(_))) => None,
+                Err(other) => return Err(other.into()),
+            };
             let cap = state.engine().config().max_concurrent_calls;
-            let text = prometheus_text(&counts, cap, state.metrics());
+            let text = prometheus_text(counts.as_ref(), cap, state.metrics());
             (
                 [(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))],
                 text,

@@ -5,9 +5,15 @@
 //!
 //! | variable | flag | default | meaning |
 //! |---|---|---|---|
-//! | `DATABASE_URL` | `--database-url` | none: in-memory store | PostgreSQL URL (`postgres://` or `postgresql://`); migrations are applied at start |
-//! | `BIND_HOST` | `--bind-host` | `0.0.0.0` | address to listen on |
+//! | `DATABASE_URL` | `--database-url` | none: in-memory store | PostgreSQL URL (`postgres://` or `postgresql://`, TLS with `?sslmode=require` or `verify-full`); migrations are applied at start |
+//! | `DATABASE_SCHEMA` | `--database-schema` | `public` | PostgreSQL schema of the store's tables and its own migrations table, created if missing: give the store one of its own in a database shared with another application |
+//! | `API_KEYS` | `--api-keys` | none | comma-separated keys, each 16 to 512 visible ASCII characters; when set (or `API_KEYS_FILE`), every route but `GET /health`, `GET /ready` and the provider webhooks requires `Authorization: Bearer <key>` |
+//! | `API_KEYS_FILE` | `--api-keys-file` | none | a file of keys, one a line; blank lines and lines starting with `#` are ignored; adds to `API_KEYS` |
+//! | `BIND_HOST` | `--bind-host` | `0.0.0.0` with API keys, else `127.0.0.1` | address to listen on |
 //! | `PORT` | `--port` | `8080` | port to listen on (0: any free port) |
+//! | `HEADER_READ_TIMEOUT_SECONDS` | `--header-read-timeout-seconds` | `10` | longest a client may take to send a request's headers, from its connection's opening or its previous answer (so also the keep-alive idle timeout) |
+//! | `MAX_CONNECTIONS` | `--max-connections` | 1024, or half the open-file limit when lower | most connections open at once; at the limit a new one replaces the one that waited longest |
+//! | `SHUTDOWN_DRAIN_SECONDS` | `--shutdown-drain-seconds` | `10` | on SIGTERM or Ctrl-C, dispatching stops at once and requests (webhooks included) are still answered while some are in progress, for at most this long; dial requests in flight get the same bound |
 //! | `MAX_CONCURRENT_CALLS` | `--max-concurrent-calls` | `30` | global cap on IN_PROGRESS calls, at least 1 |
 //! | `MAX_ATTEMPTS` | `--max-attempts` | `3` | dials before a call fails, at least 1 |
 //! | `BASE_RETRY_SECONDS` | `--base-retry-seconds` | `30` | back-off after the first failed attempt, doubling |
@@ -30,14 +36,23 @@
 //!
 //! An environment variable set to the empty string counts as unset (see
 //! [`parse_args`]), as `VAR=` in a compose file usually means "no value".
-//! Secrets (`DATABASE_URL`'s password, `PROVIDER_API_KEY`, `WEBHOOK_SECRET`)
-//! are held in [`secrecy`] wrappers: no `Debug` output, log line or
-//! configuration error shows them.
+//! Secrets (`DATABASE_URL`'s password, `API_KEYS`, `PROVIDER_API_KEY`,
+//! `WEBHOOK_SECRET`) are held in [`secrecy`] wrappers: no `Debug` output,
+//! log line or configuration error shows them.
+//!
+//! Without API keys the server still starts, for development: it says so
+//! in a warning at start and listens on `127.0.0.1` only, unless `BIND_HOST`
+//! is set.
+//!
+//! `orchestrator migrate` applies the PostgreSQL migrations and exits;
+//! `migrate --create-database` first creates the database `DATABASE_URL`
+//! names if it does not exist (the role then needs `CREATEDB`).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::marker::PhantomData;
-use std::num::{NonZeroU32, NonZeroU64};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -49,7 +64,9 @@ use orchestrator_core::{EngineConfig, RedialPolicy, RetryPolicy};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::auth::{ApiKeyError, ApiKeys};
 use crate::provider::ApiKey;
+use crate::server::connections::{default_max_connections, ServeOptions};
 use crate::signature::WebhookSecret;
 
 /// The `orchestrator` command line.
@@ -75,7 +92,16 @@ pub enum Command {
     /// Serve the HTTP API and dispatch calls (the default).
     Serve,
     /// Apply the PostgreSQL migrations to DATABASE_URL and exit.
-    Migrate,
+    Migrate(MigrateArgs),
+}
+
+/// What `migrate` does besides applying the migrations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Args)]
+pub struct MigrateArgs {
+    /// First create the database DATABASE_URL names, if it does not exist
+    /// (the role needs the CREATEDB attribute then).
+    #[arg(long)]
+    pub create_database: bool,
 }
 
 /// Log line format.
@@ -106,12 +132,31 @@ pub struct Settings {
     /// PostgreSQL URL; without it calls live in memory.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_parser = secret::<DatabaseUrl>())]
     pub database_url: Option<DatabaseUrl>,
-    /// Address to listen on.
-    #[arg(long, env = "BIND_HOST", default_value = "0.0.0.0", global = true, value_parser = NonEmptyStringValueParser::new())]
-    pub bind_host: String,
+    /// PostgreSQL schema of the store's tables and migrations (default public).
+    #[cfg(feature = "postgres")]
+    #[arg(long, env = "DATABASE_SCHEMA", global = true, value_parser = schema_name)]
+    pub database_schema: Option<orchestrator_pg::SchemaName>,
+    /// Comma-separated API keys; with any, requests need `Authorization: Bearer <key>`.
+    #[arg(long, env = "API_KEYS", global = true, hide_env_values = true, value_parser = secret::<ApiKeys>())]
+    pub api_keys: Option<ApiKeys>,
+    /// A file of API keys, one a line (`#` comments and blank lines ignored).
+    #[arg(long, env = "API_KEYS_FILE", global = true)]
+    pub api_keys_file: Option<PathBuf>,
+    /// Address to listen on (default 0.0.0.0 with API keys, else 127.0.0.1).
+    #[arg(long, env = "BIND_HOST", global = true, value_parser = NonEmptyStringValueParser::new())]
+    pub bind_host: Option<String>,
     /// Port to listen on (0 picks a free port).
     #[arg(long, env = "PORT", default_value_t = 8080, global = true)]
     pub port: u16,
+    /// Longest a client may take to send a request's headers (also the keep-alive idle timeout).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value = "10", value_parser = positive_duration, global = true)]
+    pub header_read_timeout_seconds: Duration,
+    /// Most connections open at once (default 1024, or half the open-file limit when lower).
+    #[arg(long, env = "MAX_CONNECTIONS", value_parser = at_least_one::<NonZeroUsize>, global = true)]
+    pub max_connections: Option<NonZeroUsize>,
+    /// On SIGTERM or Ctrl-C, the longest requests in progress are waited for.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value = "10", value_parser = positive_duration, global = true)]
+    pub shutdown_drain_seconds: Duration,
     /// Global cap on calls in progress.
     #[arg(
         long,
@@ -425,10 +470,34 @@ impl DatabaseUrl {
     }
 }
 
-/// A configuration that clap cannot check alone: a rule across settings.
+/// `DATABASE_SCHEMA`: a [`SchemaName`](orchestrator_pg::SchemaName).
+#[cfg(feature = "postgres")]
+fn schema_name(raw: &str) -> Result<orchestrator_pg::SchemaName, String> {
+    raw.trim().parse().map_err(|error| format!("{error}"))
+}
+
+/// A configuration that clap cannot check alone: a rule across settings, or a file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// `API_KEYS_FILE` cannot be read.
+    #[error("cannot read API_KEYS_FILE {path}")]
+    ApiKeysFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `API_KEYS_FILE` holds no key, or a bad one (named by line, not quoted).
+    #[error("API_KEYS_FILE {path}")]
+    ApiKeysFileContent {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ApiKeyError,
+    },
     /// `MAX_RETRY_SECONDS` is below `BASE_RETRY_SECONDS`.
     #[error("MAX_RETRY_SECONDS ({max:?}) must be at least BASE_RETRY_SECONDS ({base:?})")]
     MaxRetryBelowBase {
@@ -454,14 +523,24 @@ pub struct ProviderSettings {
 }
 
 /// The validated configuration. Its `Debug` output shows no secret.
+///
+/// `Default` is what no flag and no environment variable give, except that
+/// the connection limit does not depend on the open-file limit.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// `DATABASE_URL`; `None` for the in-memory store.
     pub database_url: Option<DatabaseUrl>,
-    /// `BIND_HOST`.
+    /// `DATABASE_SCHEMA`; `None` for `public`.
+    #[cfg(feature = "postgres")]
+    pub database_schema: Option<orchestrator_pg::SchemaName>,
+    /// `API_KEYS` and `API_KEYS_FILE` together; `None` when neither is set.
+    pub api_keys: Option<ApiKeys>,
+    /// `BIND_HOST`, or its default: `0.0.0.0` with API keys, else `127.0.0.1`.
     pub bind_host: String,
     /// `PORT`.
     pub port: u16,
+    /// `HEADER_READ_TIMEOUT_SECONDS`, `MAX_CONNECTIONS`, `SHUTDOWN_DRAIN_SECONDS`.
+    pub serve: ServeOptions,
     /// The engine's rules, built through the core's validating constructors.
     pub engine: EngineConfig,
     /// The real provider; `None` for the simulated one.
@@ -474,11 +553,39 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            #[cfg(feature = "postgres")]
+            database_schema: None,
+            api_keys: None,
+            bind_host: LOOPBACK.to_owned(),
+            port: 8080,
+            serve: ServeOptions {
+                max_connections: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+                ..ServeOptions::default()
+            },
+            engine: EngineConfig::default(),
+            provider: None,
+            public_base_url: None,
+            webhook_secret: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where the server listens without API keys and without `BIND_HOST`.
+const LOOPBACK: &str = "127.0.0.1";
+/// Where it listens with API keys and without `BIND_HOST`.
+const ANY_ADDRESS: &str = "0.0.0.0";
+
 impl Config {
-    /// Checks the rules across `settings` and assembles the engine's configuration.
+    /// Checks the rules across `settings`, reads `API_KEYS_FILE` and
+    /// assembles the engine's configuration.
     ///
     /// # Errors
-    /// [`ConfigError`] naming the variables at fault.
+    /// [`ConfigError`] naming the variables (or the file) at fault.
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
         let retry = RetryPolicy::new(
             settings.base_retry_seconds,
@@ -496,6 +603,8 @@ impl Config {
             .with_max_concurrent_calls(settings.max_concurrent_calls.get())
             .with_retry(retry)
             .with_lease(settings.stale_inprog_seconds)
+            // One bound for the whole shutdown: HTTP requests and dial requests drain together.
+            .with_shutdown_grace(settings.shutdown_drain_seconds)
             .with_pending_ttl(settings.pending_ttl_seconds)
             .with_retention(settings.retention_seconds)
             .with_redial(
@@ -508,10 +617,48 @@ impl Config {
             api_key: settings.provider_api_key,
             timeout: Duration::from_millis(settings.provider_timeout_ms.get()),
         });
+        let api_keys = match &settings.api_keys_file {
+            None => settings.api_keys,
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::ApiKeysFile {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let from_file = ApiKeys::from_lines(&text).map_err(|source| {
+                    ConfigError::ApiKeysFileContent {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some(match settings.api_keys {
+                    Some(listed) => listed.union(&from_file),
+                    None => from_file,
+                })
+            }
+        };
+        let bind_host = settings.bind_host.unwrap_or_else(|| {
+            if api_keys.is_some() {
+                ANY_ADDRESS
+            } else {
+                LOOPBACK
+            }
+            .to_owned()
+        });
         Ok(Self {
             database_url: settings.database_url,
-            bind_host: settings.bind_host,
+            #[cfg(feature = "postgres")]
+            database_schema: settings.database_schema,
+            api_keys,
+            bind_host,
             port: settings.port,
+            serve: ServeOptions {
+                header_read_timeout: settings.header_read_timeout_seconds,
+                max_connections: settings
+                    .max_connections
+                    .unwrap_or_else(default_max_connections),
+                shutdown_drain: settings.shutdown_drain_seconds,
+            },
             engine,
             provider,
             public_base_url: settings.public_base_url,
@@ -552,7 +699,13 @@ mod tests {
     fn defaults_follow_the_documented_table() {
         let config = parse(&[]).unwrap();
         assert_eq!(config.port, 8080);
-        assert_eq!(config.bind_host, "0.0.0.0");
+        assert_eq!(config.bind_host, "127.0.0.1");
+        assert!(config.api_keys.is_none());
+        assert_eq!(config.serve.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.serve.shutdown_drain, Duration::from_secs(10));
+        assert_eq!(config.serve.max_connections, default_max_connections());
+        assert!(config.serve.max_connections.get() <= 1024);
+        assert_eq!(config.engine.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.engine.max_concurrent_calls, 30);
         assert_eq!(config.engine.retry.max_attempts(), 3);
         assert_eq!(config.engine.retry.base(), Duration::from_secs(30));
@@ -564,6 +717,168 @@ mod tests {
         assert!(config.database_url.is_none());
         assert!(config.provider.is_none());
         assert!(config.webhook_secret.is_none());
+        #[cfg(feature = "postgres")]
+        assert!(config.database_schema.is_none());
+    }
+
+    #[test]
+    fn the_default_config_is_the_documented_table() {
+        let parsed = parse(&[]).unwrap();
+        let default = Config::default();
+        // Everything but the connection limit, which follows the open-file limit when parsed.
+        let parsed = Config {
+            serve: ServeOptions {
+                max_connections: default.serve.max_connections,
+                ..parsed.serve
+            },
+            ..parsed
+        };
+        assert_eq!(format!("{parsed:?}"), format!("{default:?}"));
+    }
+
+    #[test]
+    fn api_keys_open_the_default_bind_address_and_bind_host_wins() {
+        let keys = "0123456789abcdef,fedcba9876543210";
+        let with_keys = parse(&["--api-keys", keys]).unwrap();
+        assert_eq!(with_keys.api_keys.as_ref().map(ApiKeys::len), Some(2));
+        assert_eq!(with_keys.bind_host, "0.0.0.0");
+        let explicit = parse(&["--api-keys", keys, "--bind-host", "10.0.0.7"]).unwrap();
+        assert_eq!(explicit.bind_host, "10.0.0.7");
+        let open = parse(&["--bind-host", "0.0.0.0"]).unwrap();
+        assert_eq!(open.bind_host, "0.0.0.0");
+        assert!(open.api_keys.is_none());
+    }
+
+    /// A file under the temporary directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, text: &str) -> Self {
+            let path = std::env::temp_dir()
+                .join(format!("orchestrator-config-{}-{name}", std::process::id()));
+            std::fs::write(&path, text).unwrap();
+            Self(path)
+        }
+
+        fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_api_keys_file_adds_its_keys_to_the_list() {
+        let file = TempFile::new(
+            "keys",
+            "# the CRM\nk3y-from-the-file-0001\n\n  k3y-from-the-file-0002  \n",
+        );
+        let config = parse(&[
+            "--api-keys-file",
+            file.arg(),
+            "--api-keys",
+            "k3y-from-the-list-0001",
+        ])
+        .unwrap();
+        let keys = config.api_keys.unwrap();
+        assert_eq!(keys.len(), 3);
+        for key in [
+            "k3y-from-the-file-0001",
+            "k3y-from-the-file-0002",
+            "k3y-from-the-list-0001",
+        ] {
+            assert!(keys.accepts(key), "{key}");
+        }
+        assert_eq!(config.bind_host, "0.0.0.0");
+    }
+
+    #[test]
+    fn a_bad_api_keys_file_is_refused_by_line_without_quoting_keys() {
+        let file = TempFile::new("bad-keys", "k3y-from-the-file-0001\ntoo short\n");
+        match parse(&["--api-keys-file", file.arg()]) {
+            Err(Refused::Config(
+                error @ ConfigError::ApiKeysFileContent {
+                    source: ApiKeyError::Invalid { position: 2, .. },
+                    ..
+                },
+            )) => {
+                let message = format!("{:#}", anyhow::Error::from(error));
+                assert!(message.contains("API_KEYS_FILE"), "{message}");
+                assert!(!message.contains("k3y-from"), "{message}");
+                assert!(!message.contains("too short"), "{message}");
+            }
+            other => panic!("expected ApiKeysFileContent, got {other:?}"),
+        }
+        let missing = parse(&["--api-keys-file", "/nonexistent/orchestrator-keys"]);
+        assert!(
+            matches!(
+                missing,
+                Err(Refused::Config(ConfigError::ApiKeysFile { .. }))
+            ),
+            "{missing:?}"
+        );
+        let empty = TempFile::new("no-keys", "# none yet\n\n");
+        assert!(matches!(
+            parse(&["--api-keys-file", empty.arg()]),
+            Err(Refused::Config(ConfigError::ApiKeysFileContent {
+                source: ApiKeyError::Empty,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn connection_settings_are_read() {
+        let config = parse(&[
+            "--header-read-timeout-seconds",
+            "2.5",
+            "--max-connections",
+            "500",
+            "--shutdown-drain-seconds",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.serve.header_read_timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(config.serve.max_connections.get(), 500);
+        assert_eq!(config.serve.shutdown_drain, Duration::from_secs(3));
+        assert_eq!(config.engine.shutdown_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn migrate_can_create_the_database() {
+        let cli: Cli = try_parse_from(["orchestrator", "migrate", "--create-database"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Migrate(MigrateArgs {
+                create_database: true
+            }))
+        );
+        let cli: Cli = try_parse_from(["orchestrator", "migrate"]).unwrap();
+        assert_eq!(cli.command, Some(Command::Migrate(MigrateArgs::default())));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_database_schema_is_a_schema_name() {
+        let config = parse(&["--database-schema", "orchestrator"]).unwrap();
+        assert_eq!(
+            config
+                .database_schema
+                .as_ref()
+                .map(orchestrator_pg::SchemaName::as_str),
+            Some("orchestrator")
+        );
+        for bad in ["Calls", "pg_calls", "1calls", "my-schema"] {
+            let message = clap_error(&["--database-schema", bad]);
+            assert!(message.contains("DATABASE_SCHEMA"), "{message}");
+        }
     }
 
     #[test]
@@ -646,7 +961,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_flag_and_variable() {
-        let cases: [(&[&str], &str); 14] = [
+        let cases: &[(&[&str], &str)] = &[
+            (&["--api-keys", "short"], "API_KEYS"),
+            (
+                &["--header-read-timeout-seconds", "0"],
+                "HEADER_READ_TIMEOUT_SECONDS",
+            ),
+            (&["--max-connections", "0"], "MAX_CONNECTIONS"),
+            (
+                &["--shutdown-drain-seconds", "soon"],
+                "SHUTDOWN_DRAIN_SECONDS",
+            ),
             (&["--base-retry-seconds", "abc"], "BASE_RETRY_SECONDS"),
             (&["--base-retry-seconds=-1"], "BASE_RETRY_SECONDS"),
             (&["--base-retry-seconds", "0"], "BASE_RETRY_SECONDS"),
@@ -665,7 +990,7 @@ mod tests {
             (&["--redial-on", "BUSY,RINGING"], "REDIAL_ON"),
             (&["--retention-seconds", "0"], "RETENTION_SECONDS"),
         ];
-        for (args, variable) in cases {
+        for &(args, variable) in cases {
             let message = clap_error(args);
             assert!(message.contains(variable), "{args:?}: {message}");
             let flag = format!("--{}", variable.to_ascii_lowercase().replace('_', "-"));
@@ -695,6 +1020,7 @@ mod tests {
             ("--webhook-secret", "whsec_dG9vc2hvcnQ="),
             ("--provider-api-key", "sk live with spaces"),
             ("--database-url", "mysql://app:s3cret@db/calls"),
+            ("--api-keys", "0123456789abcdef,sh0rt"),
         ] {
             let message = clap_error(&[flag, value]);
             assert!(message.contains(flag), "{message}");
@@ -746,10 +1072,17 @@ mod tests {
             "sk-live-123",
             "--webhook-secret",
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "--api-keys",
+            "api-key-0123456789",
         ])
         .unwrap();
         let shown = format!("{config:?}");
-        for secret in ["s3cret", "sk-live-123", "C2FVsBQIhrscChlQIMV"] {
+        for secret in [
+            "s3cret",
+            "sk-live-123",
+            "C2FVsBQIhrscChlQIMV",
+            "api-key-0123456789",
+        ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("6543"), "the rest is shown: {shown}");

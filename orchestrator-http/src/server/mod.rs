@@ -6,13 +6,16 @@
 //! - [`config`]: the command line and environment, parsed into a typed [`Config`].
 //! - [`start`] builds the application a [`Config`] describes (store,
 //!   provider, engine, metrics recorder, HTTP server) and runs it in the
-//!   background; [`serve`] runs a router on a listener with graceful
-//!   shutdown; [`migrate`] applies the PostgreSQL migrations.
+//!   background; [`serve`] runs a router on a listener with a header-read
+//!   timeout, a connection limit and a bounded graceful drain
+//!   ([`ServeOptions`]); [`migrate`] applies the PostgreSQL migrations.
 //! - [`mock_provider`]: a stand-alone mock of the AI-call provider.
 
 mod app;
 pub mod config;
+mod connections;
 pub mod mock_provider;
 
 pub use app::{migrate, serve, shutdown_signal, start, AppError, Running};
 pub use config::Config;
+pub use connections::{default_max_connections, ServeOptions};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::simulated::OutcomeMix;
 use orchestrator_core::{EngineConfig, ReportedStatus};
-use orchestrator_http::server::config::{Config, LogFormat, ProviderSettings};
+use orchestrator_http::server::config::{Config, ProviderSettings};
 use orchestrator_http::server::mock_provider::{MockProvider, MockProviderConfig};
 use orchestrator_http::server::{self as app, Running};
 use orchestrator_http::WebhookSecret;
@@ -56,9 +56,8 @@ pub(crate) async fn orchestrator(provider_url: Url, database_url: Option<String>
             api_key: Some("sk-e2e".parse().unwrap()),
             timeout: Duration::from_secs(5),
         }),
-        public_base_url: None,
         webhook_secret: Some(secret),
-        log_format: LogFormat::Text,
+        ..Config::default()
     };
     app::start(config).await.expect("the orchestrator starts")
 }

@@ -3,12 +3,17 @@
 //! HTTP provider against a local stub server, and end-to-end runs over real
 //! sockets with the mock provider.
 
+mod access;
 mod calls;
 #[cfg(feature = "server")]
 mod end_to_end;
 mod http_provider;
 mod malformed;
 mod metrics_and_health;
+#[cfg(feature = "postgres")]
+mod migrate;
 mod openapi;
+#[cfg(feature = "server")]
+mod serving;
 mod support;
 mod webhook;

@@ -9,7 +9,7 @@ use axum::http::{header, Method, StatusCode};
 use orchestrator_http::Limits;
 use serde_json::json;
 
-use crate::support::{request, AcceptingProvider, BrokenStore, Ping, TestApp};
+use crate::support::{request, AcceptingProvider, BrokenStore, Log, Ping, TestApp};
 
 #[tokio::test]
 async fn metrics_default_to_the_flat_json_counts() {
@@ -156,6 +156,104 @@ async fn health_is_always_200_and_ready_follows_the_store() {
 }
 
 #[tokio::test]
+async fn prometheus_text_is_served_while_the_store_is_down() {
+    let scrape = || {
+        request(Method::GET, "/metrics")
+            .header(header::ACCEPT, "text/plain")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let healthy = TestApp::new();
+    let up = healthy.send(scrape()).await;
+    assert_eq!(up.status, StatusCode::OK);
+    assert!(
+        up.text.lines().any(|l| l == "orchestrator_store_up 1"),
+        "{}",
+        up.text
+    );
+
+    let broken = TestApp::with(
+        Arc::new(BrokenStore::new(Ping::Fails)),
+        Arc::new(AcceptingProvider),
+        None,
+    );
+    let down = broken.send(scrape()).await;
+    assert_eq!(down.status, StatusCode::OK, "{}", down.text);
+    assert_eq!(
+        down.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = &down.text;
+    assert!(
+        text.lines().any(|l| l == "orchestrator_store_up 0"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "orchestrator_slots_max 30"),
+        "{text}"
+    );
+    // What only the store knows is left out rather than made up.
+    assert!(!text.contains("orchestrator_calls{"), "{text}");
+    assert!(!text.contains("orchestrator_slots_in_use "), "{text}");
+    assert!(!text.contains("5432"), "the cause is not leaked: {text}");
+    // The JSON map is nothing but the store's counts: 503 while it is down.
+    let json = broken.get("/metrics").await;
+    let problem = json.problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(problem["type"], "/problems/store-unavailable");
+}
+
+#[tokio::test]
+async fn the_store_going_down_and_coming_back_is_logged_once_each_way() {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(log.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // A callsite first reached by another test while this subscriber was
+    // being installed may have cached "no interest"; ask every one again.
+    tracing::callsite::rebuild_interest_cache();
+    let (store, down) = BrokenStore::switchable(Ping::Fails);
+    let app = TestApp::with(Arc::new(store), Arc::new(AcceptingProvider), None);
+    let scrape = || {
+        request(Method::GET, "/metrics")
+            .header(header::ACCEPT, "text/plain")
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(app.get("/ready").await.status, StatusCode::OK);
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    app.get("/ready")
+        .await
+        .problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(app
+        .send(scrape())
+        .await
+        .text
+        .contains("orchestrator_store_up 0\n"));
+    app.get("/ready")
+        .await
+        .problem(StatusCode::SERVICE_UNAVAILABLE);
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(app
+        .send(scrape())
+        .await
+        .text
+        .contains("orchestrator_store_up 1\n"));
+    assert_eq!(app.get("/ready").await.status, StatusCode::OK);
+
+    let text = log.text();
+    let lines = |message: &str| text.lines().filter(|line| line.contains(message)).count();
+    assert_eq!(lines("store unreachable"), 1, "{text}");
+    assert_eq!(lines("store reachable again"), 1, "{text}");
+    let back = text
+        .lines()
+        .find(|line| line.contains("store reachable again"))
+        .unwrap();
+    assert!(back.contains("down_for_seconds="), "{back}");
+}
+
+#[tokio::test]
 async fn a_server_error_cause_is_logged_once() {
     let log = Log::default();
     let subscriber = tracing_subscriber::fmt()
@@ -182,33 +280,6 @@ async fn a_server_error_cause_is_logged_once() {
         "in the request's span: {}",
         lines[0]
     );
-}
-
-/// A log written to memory.
-#[derive(Clone, Default)]
-struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Log {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Log {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
-    type Writer = Log;
-    fn make_writer(&'a self) -> Log {
-        self.clone()
-    }
 }
 
 #[tokio::test(start_paused = true)]

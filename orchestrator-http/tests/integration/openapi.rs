@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use axum::body::Body;
 use axum::http::{Method, StatusCode};
 use jsonschema::{Registry, Resource, Validator};
-use orchestrator_http::routes::operations;
+use orchestrator_http::routes::{operations, Access};
 use serde_json::{json, Value};
 
 use crate::support::{json_request, request, TestApp};
@@ -114,6 +114,30 @@ async fn every_operation_the_router_serves_is_documented_and_nothing_else() {
         .map(|operation| (operation.method().to_string(), operation.path().to_owned()))
         .collect();
     assert_eq!(served, documented(&document));
+}
+
+#[tokio::test]
+async fn operations_that_need_an_api_key_say_so_and_document_the_401() {
+    let document = served_document(&TestApp::new(), "/openapi.json").await;
+    let scheme = &document["components"]["securitySchemes"]["apiKey"];
+    assert_eq!(scheme["type"], "http", "{scheme}");
+    assert_eq!(scheme["scheme"], "bearer", "{scheme}");
+    for operation in operations() {
+        let method = operation.method().as_str().to_ascii_lowercase();
+        let documented = &document["paths"][operation.path()][&method];
+        let what = format!("{operation:?}");
+        if operation.access() == Access::ApiKey {
+            assert_eq!(documented["security"], json!([{"apiKey": []}]), "{what}");
+            let refused = &documented["responses"]["401"];
+            assert!(
+                refused["content"]["application/problem+json"].is_object(),
+                "{what}: {refused}"
+            );
+            assert!(refused["headers"]["WWW-Authenticate"].is_object(), "{what}");
+        } else {
+            assert!(documented.get("security").is_none(), "{what}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Shared fixtures: an engine over the memory store and a scripted provider,
 //! a router over it, and request helpers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,7 +16,7 @@ use orchestrator_core::{
     AttemptRef, Call, CallId, DialError, DialRequest, Dialled, Engine, MemoryStore, NewCall,
     PayloadPatch, Provider, Store,
 };
-use orchestrator_http::{router, AppState, Limits, WebhookSecret};
+use orchestrator_http::{router, ApiKeys, AppState, Limits, WebhookSecret};
 use serde_json::Value;
 use tokio::sync::{mpsc, Mutex, Notify};
 use tower::ServiceExt as _;
@@ -122,6 +123,19 @@ impl TestApp {
         if let Some(handle) = orchestrator_http::metrics::prometheus_recorder() {
             state = state.with_metrics(handle);
         }
+        Self {
+            router: router(state),
+            engine,
+        }
+    }
+
+    /// Memory store, accepting provider, webhooks signed with `secret`, and
+    /// the client API behind `keys`.
+    pub(crate) fn with_api_keys(keys: ApiKeys, secret: &WebhookSecret) -> Self {
+        let engine = engine(Arc::new(MemoryStore::new()), Arc::new(AcceptingProvider));
+        let state = AppState::new(engine.clone())
+            .with_webhook_secret(Some(secret.clone()))
+            .with_api_keys(Some(keys));
         Self {
             router: router(state),
             engine,
@@ -264,10 +278,12 @@ pub(crate) enum Ping {
     Hangs,
 }
 
-/// A memory store whose `ping` and `counts` misbehave, for readiness and timeouts.
+/// A memory store whose `ping` and `counts` misbehave, for readiness and
+/// timeouts: always, or while a switch says the store is down.
 pub(crate) struct BrokenStore {
     inner: MemoryStore,
     ping: Ping,
+    down: Option<Arc<AtomicBool>>,
 }
 
 impl BrokenStore {
@@ -275,7 +291,25 @@ impl BrokenStore {
         Self {
             inner: MemoryStore::new(),
             ping,
+            down: None,
         }
+    }
+
+    /// A store that misbehaves as `ping` says while the switch returned is on.
+    pub(crate) fn switchable(ping: Ping) -> (Self, Arc<AtomicBool>) {
+        let down = Arc::new(AtomicBool::new(false));
+        let store = Self {
+            inner: MemoryStore::new(),
+            ping,
+            down: Some(Arc::clone(&down)),
+        };
+        (store, down)
+    }
+
+    fn is_up(&self) -> bool {
+        self.down
+            .as_ref()
+            .is_some_and(|down| !down.load(Ordering::SeqCst))
     }
 
     async fn misbehave<T>(&self) -> Result<T, StoreError> {
@@ -308,6 +342,9 @@ impl Store for BrokenStore {
         self.inner.list(query).await
     }
     async fn counts(&self) -> Result<StatusCounts, StoreError> {
+        if self.is_up() {
+            return self.inner.counts().await;
+        }
         self.misbehave().await
     }
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
@@ -351,9 +388,39 @@ impl Store for BrokenStore {
         self.inner.purge_ended_before(cutoff, limit).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.is_up() {
+            return self.inner.ping().await;
+        }
         self.misbehave().await
     }
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.subscribe()
+    }
+}
+
+/// A log written to memory.
+#[derive(Clone, Default)]
+pub(crate) struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Log {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Log {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+    type Writer = Log;
+    fn make_writer(&'a self) -> Log {
+        self.clone()
     }
 }
