@@ -602,7 +602,10 @@ mod tests {
         assert_eq!(config.engine.retry.max_delay(), Duration::from_secs(600));
         assert_eq!(config.engine.lease, Duration::from_millis(1500));
         assert_eq!(config.engine.pending_ttl, Some(Duration::from_secs(5400)));
-        assert_eq!(config.engine.retention, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            config.engine.retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
     }
 
     #[test]
