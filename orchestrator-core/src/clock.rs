@@ -80,3 +80,37 @@ pub fn sub(at: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
 pub fn until(now: DateTime<Utc>, at: DateTime<Utc>) -> Duration {
     (at - now).to_std().unwrap_or(Duration::ZERO)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap() + TimeDelta::seconds(secs)
+    }
+
+    #[test]
+    fn until_is_the_time_left_or_zero_once_passed() {
+        assert_eq!(until(at(0), at(5)), Duration::from_secs(5));
+        assert_eq!(until(at(5), at(5)), Duration::ZERO);
+        assert_eq!(until(at(6), at(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn add_saturates_and_truncates_to_microseconds() {
+        assert_eq!(
+            add(at(0), Duration::from_nanos(1_500)),
+            at(0) + TimeDelta::microseconds(1)
+        );
+        assert_eq!(add(at(0), Duration::MAX), DateTime::<Utc>::MAX_UTC);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tokio_clock_follows_tokio_time_from_its_origin() {
+        let clock = TokioClock::starting_at(at(0) + TimeDelta::nanoseconds(700));
+        assert_eq!(clock.now(), at(0));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(clock.now(), at(0) + TimeDelta::milliseconds(1_500));
+    }
+}

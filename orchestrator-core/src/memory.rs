@@ -307,6 +307,15 @@ pub struct MemoryStore {
     changes: watch::Sender<u64>,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let calls = self.state.lock().map_or(0, |state| state.calls.len());
+        f.debug_struct("MemoryStore")
+            .field("calls", &calls)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()

@@ -184,3 +184,98 @@ pub fn parse_webhook_query(call_id: &str, attempt: &str) -> Option<AttemptRef> {
         attempt: attempt.parse().ok().filter(|n| *n > 0)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn attempt(n: u32) -> AttemptRef {
+        let at = Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap();
+        AttemptRef {
+            call_id: CallId::v7_from_parts(at, [7; 10]),
+            attempt: n,
+        }
+    }
+
+    #[test]
+    fn the_webhook_query_names_the_call_and_attempt_and_parses_back() {
+        let attempt = attempt(3);
+        let query = webhook_query(attempt);
+        assert_eq!(query, format!("callId={}&attempt=3", attempt.call_id));
+        let call_id = attempt.call_id.to_string();
+        assert_eq!(parse_webhook_query(&call_id, "3"), Some(attempt));
+        assert_eq!(
+            parse_webhook_query(&call_id, "1").map(|a| a.attempt),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn a_webhook_query_without_a_call_id_and_a_dialled_attempt_is_refused() {
+        let call_id = attempt(1).call_id.to_string();
+        for (call_id, attempt) in [
+            (call_id.as_str(), "0"),
+            (call_id.as_str(), "-1"),
+            (call_id.as_str(), "two"),
+            (call_id.as_str(), ""),
+            ("not-a-uuid", "1"),
+        ] {
+            assert_eq!(
+                parse_webhook_query(call_id, attempt),
+                None,
+                "{call_id:?} {attempt:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_idempotency_key_is_call_id_colon_attempt() {
+        let request = DialRequest {
+            attempt: attempt(2),
+            to: PhoneNumber::parse("+14155550100").unwrap(),
+            script_id: "welcomeFlow".into(),
+            metadata: None,
+        };
+        assert_eq!(
+            request.idempotency_key(),
+            format!("{}:2", attempt(2).call_id)
+        );
+    }
+
+    #[test]
+    fn reported_statuses_have_their_wire_names() {
+        let names = [
+            ReportedStatus::Completed,
+            ReportedStatus::Failed,
+            ReportedStatus::Busy,
+            ReportedStatus::NoAnswer,
+        ]
+        .map(ReportedStatus::as_str);
+        assert_eq!(names, ["COMPLETED", "FAILED", "BUSY", "NO_ANSWER"]);
+        for name in names {
+            let parsed: ReportedStatus = serde_json::from_value(name.into()).unwrap();
+            assert_eq!(parsed.as_str(), name);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sink_gives_the_delivery_back_once_the_engine_has_stopped() {
+        let (sender, mut receiver) = mpsc::channel(1);
+        let sink = WebhookSink(sender);
+        let delivery = WebhookDelivery {
+            report: StatusReport {
+                provider_call_id: "p-1".into(),
+                status: ReportedStatus::Busy,
+                duration_sec: None,
+                completed_at: None,
+            },
+            attempt: Some(attempt(1)),
+        };
+        assert_eq!(sink.deliver(delivery.clone()).await, Ok(()));
+        assert_eq!(receiver.recv().await, Some(delivery.clone()));
+        drop(receiver);
+        assert_eq!(sink.deliver(delivery.clone()).await, Err(delivery));
+    }
+}

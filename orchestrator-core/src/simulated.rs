@@ -340,6 +340,12 @@ pub struct SimulatedProvider {
     state: Arc<Mutex<State>>,
 }
 
+impl std::fmt::Debug for SimulatedProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatedProvider").finish_non_exhaustive()
+    }
+}
+
 impl SimulatedProvider {
     /// A provider behaving as `config` says.
     #[must_use]
@@ -550,20 +556,233 @@ impl Provider for SimulatedProvider {
 
 #[cfg(test)]
 mod tests {
+    use chrono::{TimeZone, Utc};
+    use tokio::sync::mpsc;
+    use tokio::time::Instant;
+
     use super::*;
     use crate::call::CallId;
     use crate::phone::PhoneNumber;
 
-    fn request(n: u8) -> DialRequest {
+    const ALL_REPORTED: [ReportedStatus; 4] = [
+        ReportedStatus::Completed,
+        ReportedStatus::Failed,
+        ReportedStatus::Busy,
+        ReportedStatus::NoAnswer,
+    ];
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn exactly(duration: Duration) -> RangeInclusive<Duration> {
+        duration..=duration
+    }
+
+    fn request(n: u8, attempt: u32) -> DialRequest {
+        let at = Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap();
         DialRequest {
             attempt: AttemptRef {
-                call_id: CallId(uuid::Uuid::from_bytes([n; 16])),
-                attempt: 1,
+                call_id: CallId::v7_from_parts(at, [n; 10]),
+                attempt,
             },
-            to: PhoneNumber::parse("+14155550100").expect("valid number"),
+            to: PhoneNumber::parse("+14155550100").unwrap(),
             script_id: "welcomeFlow".into(),
             metadata: None,
         }
+    }
+
+    /// A provider answering in exactly 1 s, whose calls last exactly 10 s and
+    /// report `COMPLETED`, with `faults`.
+    fn provider(faults: Faults) -> SimulatedProvider {
+        SimulatedProvider::new(
+            SimulationConfig::default()
+                .with_seed(5)
+                .with_dial_latency(exactly(secs(1)))
+                .with_call_duration(exactly(secs(10)))
+                .with_outcomes(OutcomeMix::only(ReportedStatus::Completed))
+                .with_faults(faults),
+        )
+    }
+
+    /// Binds an engine-side queue to `provider` and returns its receiving end.
+    fn bind(provider: &SimulatedProvider) -> mpsc::Receiver<WebhookDelivery> {
+        let (sink, webhooks) = mpsc::channel(16);
+        provider.bind_webhooks(WebhookSink(sink));
+        webhooks
+    }
+
+    /// The webhooks delivered once every call the provider started has called back.
+    async fn delivered(webhooks: &mut mpsc::Receiver<WebhookDelivery>) -> Vec<WebhookDelivery> {
+        tokio::time::sleep(secs(60)).await;
+        let mut all = Vec::new();
+        while let Ok(delivery) = webhooks.try_recv() {
+            all.push(delivery);
+        }
+        all
+    }
+
+    // ------------------------------------------------------ outcome mix
+
+    #[test]
+    fn an_outcome_mix_holds_one_weight_per_status() {
+        for status in ALL_REPORTED {
+            let mix = OutcomeMix::zero().with_weight(status, 7);
+            for other in ALL_REPORTED {
+                let expected = if other == status { 7 } else { 0 };
+                assert_eq!(mix.weight(other), expected, "{status:?} {other:?}");
+            }
+            assert_eq!(
+                OutcomeMix::only(status),
+                OutcomeMix::zero().with_weight(status, 1)
+            );
+        }
+        let default = OutcomeMix::default();
+        let weights = ALL_REPORTED.map(|status| default.weight(status));
+        assert_eq!(weights, [85, 5, 5, 5]);
+    }
+
+    #[test]
+    fn a_mix_with_one_weight_always_picks_that_status_and_an_empty_one_completes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for status in ALL_REPORTED {
+            let mix = OutcomeMix::only(status);
+            assert!((0..50).all(|_| mix.pick(&mut rng) == status), "{status:?}");
+        }
+        let empty = OutcomeMix::zero();
+        assert!((0..50).all(|_| empty.pick(&mut rng) == ReportedStatus::Completed));
+    }
+
+    #[test]
+    fn picks_follow_the_weights() {
+        let mix = OutcomeMix::zero()
+            .with_weight(ReportedStatus::Completed, 1)
+            .with_weight(ReportedStatus::Failed, 2)
+            .with_weight(ReportedStatus::Busy, 3)
+            .with_weight(ReportedStatus::NoAnswer, 4);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let mut seen = HashMap::new();
+        for _ in 0..10_000 {
+            *seen.entry(mix.pick(&mut rng)).or_insert(0u32) += 1;
+        }
+        for (status, weight) in ALL_REPORTED.into_iter().zip(1..) {
+            let share = seen.get(&status).copied().unwrap_or(0);
+            let expected = 1_000 * weight;
+            assert!(
+                share.abs_diff(expected) < 200,
+                "{status:?}: {share} of 10000, expected about {expected}"
+            );
+        }
+    }
+
+    // ---------------------------------------------------- configuration
+
+    #[test]
+    fn with_methods_set_their_fields() {
+        let faults = Faults::default()
+            .with_server_error(0.1)
+            .with_at_capacity(0.2, Some(secs(3)))
+            .with_permanent_error(0.3)
+            .with_timeout(0.4, secs(4))
+            .with_lost_webhook(0.5)
+            .with_duplicate_webhook(0.6)
+            .with_early_webhook(0.7);
+        assert_eq!(
+            faults,
+            Faults {
+                server_error: 0.1,
+                at_capacity: 0.2,
+                retry_after: Some(secs(3)),
+                permanent_error: 0.3,
+                timeout: 0.4,
+                timeout_after: secs(4),
+                lost_webhook: 0.5,
+                duplicate_webhook: 0.6,
+                early_webhook: 0.7,
+            }
+        );
+        let outcomes = OutcomeMix::only(ReportedStatus::Busy);
+        let config = SimulationConfig::default()
+            .with_seed(9)
+            .with_dial_latency(secs(1)..=secs(2))
+            .with_call_duration(secs(3)..=secs(4))
+            .with_outcomes(outcomes)
+            .with_faults(faults.clone());
+        assert_eq!(
+            config,
+            SimulationConfig {
+                seed: 9,
+                dial_latency: secs(1)..=secs(2),
+                call_duration: secs(3)..=secs(4),
+                outcomes,
+                faults,
+            }
+        );
+    }
+
+    #[test]
+    fn uniform_draws_spread_over_the_range_and_a_point_range_is_its_point() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let draws: Vec<Duration> = (0..100)
+            .map(|_| uniform(&mut rng, &(secs(1)..=secs(3))))
+            .collect();
+        assert!(
+            draws.iter().all(|d| (secs(1)..=secs(3)).contains(d)),
+            "{draws:?}"
+        );
+        assert!(draws.iter().any(|d| *d < secs(2)) && draws.iter().any(|d| *d > secs(2)));
+        assert_eq!(uniform(&mut rng, &exactly(secs(5))), secs(5));
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = secs(3)..=secs(1);
+        assert_eq!(uniform(&mut rng, &reversed), secs(3));
+    }
+
+    // ------------------------------------------------------------ dials
+
+    #[tokio::test(start_paused = true)]
+    async fn an_accepted_dial_answers_after_the_latency_and_calls_back_after_the_duration() {
+        let provider = provider(Faults::default());
+        let mut webhooks = bind(&provider);
+        let started = Instant::now();
+        let dialled = provider.start_call(&request(1, 1)).await.expect("accepted");
+        assert_eq!(started.elapsed(), secs(1));
+        assert_eq!(
+            provider.started_calls(),
+            [StartedCall {
+                attempt: request(1, 1).attempt,
+                provider_call_id: dialled.provider_call_id.clone(),
+            }]
+        );
+
+        let webhook = webhooks.recv().await.expect("a webhook");
+        assert_eq!(started.elapsed(), secs(11));
+        assert_eq!(
+            webhook,
+            WebhookDelivery {
+                report: StatusReport {
+                    provider_call_id: dialled.provider_call_id,
+                    status: ReportedStatus::Completed,
+                    duration_sec: Some(10),
+                    completed_at: None,
+                },
+                attempt: Some(request(1, 1).attempt),
+            }
+        );
+        assert_eq!((provider.requests(), provider.webhooks_sent()), (1, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_re_sent_attempt_starts_nothing_new() {
+        let provider = provider(Faults::default());
+        let mut webhooks = bind(&provider);
+        let first = provider.start_call(&request(1, 1)).await.unwrap();
+        let again = provider.start_call(&request(1, 1)).await.unwrap();
+        let next = provider.start_call(&request(1, 2)).await.unwrap();
+        assert_eq!(first, again);
+        assert_ne!(first, next);
+        assert_eq!(provider.started_calls().len(), 2);
+        assert_eq!(provider.requests(), 3);
+        assert_eq!(delivered(&mut webhooks).await.len(), 2);
     }
 
     /// The ids `seed`'s provider gives three accepted dials.
@@ -575,7 +794,7 @@ mod tests {
         );
         let mut ids = Vec::new();
         for n in 0..3 {
-            let dialled = provider.start_call(&request(n)).await.expect("accepted");
+            let dialled = provider.start_call(&request(n, 1)).await.unwrap();
             ids.push(dialled.provider_call_id);
         }
         ids
@@ -602,13 +821,152 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_re_sent_attempt_gets_the_id_it_was_given_first() {
-        let provider = SimulatedProvider::new(
-            SimulationConfig::default().with_faults(Faults::default().with_lost_webhook(1.0)),
+    async fn certain_faults_answer_as_the_provider_would() {
+        let cases = [
+            (
+                Faults::default().with_server_error(1.0),
+                DialError::Retryable {
+                    reason: "provider 503".into(),
+                },
+            ),
+            (
+                Faults::default().with_at_capacity(1.0, Some(secs(2))),
+                DialError::AtCapacity {
+                    retry_after: Some(secs(2)),
+                },
+            ),
+            (
+                Faults::default().with_permanent_error(1.0),
+                DialError::Permanent {
+                    reason: "provider 422: number not reachable".into(),
+                },
+            ),
+        ];
+        for (faults, expected) in cases {
+            let provider = provider(faults);
+            let mut webhooks = bind(&provider);
+            assert_eq!(provider.start_call(&request(1, 1)).await, Err(expected));
+            assert!(provider.started_calls().is_empty());
+            assert!(delivered(&mut webhooks).await.is_empty());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_hangs_then_fails_and_sometimes_the_call_started_anyway() {
+        let provider = provider(Faults::default().with_timeout(1.0, secs(4)));
+        let mut webhooks = bind(&provider);
+        for n in 0..20 {
+            let started = Instant::now();
+            assert_eq!(
+                provider.start_call(&request(n, 1)).await,
+                Err(DialError::Retryable {
+                    reason: "provider timeout".into()
+                })
+            );
+            assert_eq!(started.elapsed(), secs(5), "latency, then the hang");
+        }
+        let started = provider.started_calls().len();
+        assert!((3..=17).contains(&started), "{started} of 20 started");
+        assert_eq!(delivered(&mut webhooks).await.len(), started);
+    }
+
+    /// The four dial faults are drawn from one roll, each taking its own
+    /// share: with a quarter each, no dial is accepted.
+    #[tokio::test(start_paused = true)]
+    async fn dial_faults_take_their_shares_of_one_roll() {
+        let provider = provider(
+            Faults::default()
+                .with_server_error(0.25)
+                .with_at_capacity(0.25, None)
+                .with_permanent_error(0.25)
+                .with_timeout(0.25, Duration::ZERO),
         );
-        let first = provider.start_call(&request(1)).await.expect("accepted");
-        let again = provider.start_call(&request(1)).await.expect("accepted");
-        assert_eq!(again, first);
-        assert_eq!(provider.started_calls().len(), 1);
+        let mut kinds = HashMap::new();
+        for n in 0..200 {
+            let kind = match provider.start_call(&request(n, 1)).await {
+                Ok(_) => "accepted",
+                Err(DialError::Retryable { reason }) if reason == "provider 503" => "503",
+                Err(DialError::Retryable { .. }) => "timeout",
+                Err(DialError::AtCapacity { .. }) => "429",
+                Err(DialError::Permanent { .. }) => "422",
+            };
+            *kinds.entry(kind).or_insert(0u32) += 1;
+        }
+        assert_eq!(kinds.get("accepted"), None, "{kinds:?}");
+        for kind in ["503", "429", "422", "timeout"] {
+            let share = kinds.get(kind).copied().unwrap_or(0);
+            assert!(
+                (25..=75).contains(&share),
+                "{kind}: {share} of 200 ({kinds:?})"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_faults_changes_the_answers_from_then_on() {
+        let provider = provider(Faults::default().with_server_error(1.0));
+        assert!(provider
+            .start_call(&request(1, 1))
+            .await
+            .is_err_and(|e| matches!(e, DialError::Retryable { .. })));
+        provider.set_faults(Faults::default());
+        assert!(provider
+            .start_call(&request(1, 2))
+            .await
+            .is_ok_and(|d| !d.provider_call_id.is_empty()));
+    }
+
+    // --------------------------------------------------------- webhooks
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_webhook_is_never_sent_even_when_early() {
+        let faults = Faults::default()
+            .with_lost_webhook(1.0)
+            .with_early_webhook(1.0);
+        let provider = provider(faults);
+        let mut webhooks = bind(&provider);
+        provider.start_call(&request(1, 1)).await.unwrap();
+        assert!(delivered(&mut webhooks).await.is_empty());
+        assert_eq!(provider.webhooks_sent(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_duplicate_webhook_is_sent_twice_and_counted_twice() {
+        let provider = provider(Faults::default().with_duplicate_webhook(1.0));
+        let mut webhooks = bind(&provider);
+        provider.start_call(&request(1, 1)).await.unwrap();
+        let sent = delivered(&mut webhooks).await;
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], sent[1]);
+        assert_eq!(provider.webhooks_sent(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_webhook_arrives_before_the_dial_answers() {
+        let provider = provider(Faults::default().with_early_webhook(1.0));
+        let mut webhooks = bind(&provider);
+        let dialled = provider.start_call(&request(1, 1)).await.unwrap();
+        let early = webhooks.try_recv().expect("delivered before the answer");
+        assert_eq!(early.report.provider_call_id, dialled.provider_call_id);
+        assert!(delivered(&mut webhooks).await.is_empty(), "sent once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn webhooks_go_to_the_newest_live_engine_and_are_lost_without_one() {
+        let provider = provider(Faults::default());
+        let mut older = bind(&provider);
+        let newer = bind(&provider);
+        drop(newer);
+        provider.start_call(&request(1, 1)).await.unwrap();
+        assert_eq!(
+            delivered(&mut older).await.len(),
+            1,
+            "the closed sink is skipped"
+        );
+
+        drop(older);
+        provider.start_call(&request(2, 1)).await.unwrap();
+        tokio::time::sleep(secs(60)).await;
+        assert_eq!(provider.webhooks_sent(), 2, "sent, though nobody listened");
     }
 }

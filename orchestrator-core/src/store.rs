@@ -27,7 +27,7 @@ pub enum StoreError {
     NotFound(CallId),
     /// The change is not allowed in the call's current status (e.g. updating a
     /// call that is no longer `PENDING`).
-    #[error("call {id}: {source}")]
+    #[error("call {id} refused the change")]
     Conflict {
         /// The call.
         id: CallId,

@@ -1,4 +1,4 @@
-//! Narrow unit tests of the engine's edge cases (SPEC sections 1, 3, 4 and 5).
+//! Narrow unit tests of the engine's edge cases: the call record, the provider contract, the webhook and the scheduling rules.
 //!
 //! Each test drives one [`Engine`] over a fresh [`MemoryStore`], a
 //! `mockall` mock of the [`Provider`] and a [`TokioClock`] on tokio's paused
@@ -715,7 +715,7 @@ async fn redial_policy_redials_busy_with_back_off_as_the_next_attempt() {
     assert_eq!(call.last_error.as_deref(), Some("NO_ANSWER"));
 }
 
-/// SPEC section 4: a webhook that fails the call sets `endedAt = completedAt`.
+/// A webhook that fails the call sets `endedAt = completedAt`.
 /// When the redial policy is out of attempts the BUSY webhook does fail the
 /// call, so the rule applies there too, with the reported duration.
 #[tokio::test(start_paused = true)]
@@ -1198,7 +1198,7 @@ impl Store for OutageStore {
     }
 }
 
-fn unavailable<T: std::fmt::Debug>(result: Result<T, EngineError>) -> bool {
+fn unavailable<T: std::fmt::Debug>(result: &Result<T, EngineError>) -> bool {
     matches!(result, Err(EngineError::Store(StoreError::Unavailable(_))))
 }
 
@@ -1244,13 +1244,13 @@ async fn a_store_outage_fails_each_operation_as_a_store_error_until_it_ends() {
         .id;
 
     store.set_down(true);
-    assert!(unavailable(engine.ready().await));
+    assert!(unavailable(&engine.ready().await));
     assert!(unavailable(
-        engine.create_call(call_to("+966501234568")).await
+        &engine.create_call(call_to("+966501234568")).await
     ));
-    assert!(unavailable(engine.get_call(id).await));
-    assert!(unavailable(engine.counts().await));
-    assert!(unavailable(engine.tick().await));
+    assert!(unavailable(&engine.get_call(id).await));
+    assert!(unavailable(&engine.counts().await));
+    assert!(unavailable(&engine.tick().await));
     assert!(dials.lock().unwrap().is_empty());
 
     store.set_down(false);

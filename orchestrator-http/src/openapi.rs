@@ -59,6 +59,7 @@ use crate::problem::{FieldError, Problem};
         (name = "operations", description = "Health, readiness, metrics, this document."),
     ),
 )]
+#[derive(Debug)]
 pub struct ApiDoc;
 
 /// The OpenAPI document.

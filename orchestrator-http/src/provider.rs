@@ -128,7 +128,7 @@ impl HttpProvider {
     ///
     /// # Errors
     /// [`HttpProviderError`] for a bad URL or key, a zero timeout, or a TLS set-up failure.
-    pub fn new(config: HttpProviderConfig) -> Result<Self, HttpProviderError> {
+    pub fn new(config: &HttpProviderConfig) -> Result<Self, HttpProviderError> {
         let calls_url = join(&config.base_url, "api/v1/calls")
             .ok_or(HttpProviderError::BadUrl("PROVIDER_BASE_URL"))?;
         let webhook_url = join(&config.public_base_url, "callbacks/call-status")
@@ -182,7 +182,10 @@ impl HttpProvider {
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
-        builder.send().await.map_err(transport_error)
+        builder
+            .send()
+            .await
+            .map_err(|error| transport_error(&error))
     }
 }
 
@@ -199,7 +202,7 @@ fn join(base: &Url, path: &str) -> Option<Url> {
     Some(joined)
 }
 
-fn transport_error(error: reqwest::Error) -> DialError {
+fn transport_error(error: &reqwest::Error) -> DialError {
     let reason = if error.is_timeout() {
         "provider timeout"
     } else if error.is_connect() {
@@ -216,7 +219,11 @@ fn transport_error(error: reqwest::Error) -> DialError {
 /// Reads at most [`MAX_RESPONSE_BYTES`] of the body.
 async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, DialError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| transport_error(&error))?
+    {
         let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if body.len() >= MAX_RESPONSE_BYTES {

@@ -48,6 +48,17 @@ pub struct AppState {
     limits: Limits,
 }
 
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("engine", &self.engine)
+            .field("signed_webhooks", &self.webhook_secret.is_some())
+            .field("metrics", &self.metrics.is_some())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
 impl AppState {
     /// State over `orchestrator`, with no webhook secret, no metrics handle
     /// and default limits. Installs nothing process-wide.

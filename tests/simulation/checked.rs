@@ -43,7 +43,7 @@ use crate::faulty::Outages;
 
 /// The rules of the engine using the store, checked on top of the contract.
 #[derive(Clone, Debug)]
-pub struct EngineRules {
+pub(crate) struct EngineRules {
     /// The engine's global cap on calls in progress.
     pub cap: u32,
     /// The engine's retry policy: attempt limit and shortest back-off.
@@ -72,7 +72,7 @@ struct Checker {
 
 /// A [`Store`] over a [`MemoryStore`] that checks the contract (and, with
 /// [`EngineRules`], the engine's rules) around every operation.
-pub struct CheckedStore {
+pub(crate) struct CheckedStore {
     inner: MemoryStore,
     /// Held from an operation's start to the end of its check, so each check
     /// sees exactly the change its operation made, even with concurrent callers.
@@ -100,12 +100,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl CheckedStore {
     /// Checks the store contract and panics at the first violation.
-    pub fn strict(inner: MemoryStore) -> Self {
+    pub(crate) fn strict(inner: MemoryStore) -> Self {
         Self::new(inner, None, true)
     }
 
     /// Checks the contract and `rules`, collecting violations for [`violations`](Self::violations).
-    pub fn for_engine(inner: MemoryStore, rules: EngineRules) -> Self {
+    pub(crate) fn for_engine(inner: MemoryStore, rules: EngineRules) -> Self {
         Self::new(inner, Some(rules), false)
     }
 
@@ -120,19 +120,19 @@ impl CheckedStore {
     }
 
     /// The wrapped store, for reading (a change through it is flagged by the next check).
-    pub fn inner(&self) -> &MemoryStore {
+    pub(crate) fn inner(&self) -> &MemoryStore {
         &self.inner
     }
 
     /// Checks the invariants now, `what` naming the moment in reports. Nothing
     /// may have changed since the last operation.
-    pub fn check(&self, what: &str) {
+    pub(crate) fn check(&self, what: &str) {
         let _gate = lock(&self.gate);
         self.record(what, &BTreeSet::new(), Vec::new());
     }
 
     /// Every violation seen so far.
-    pub fn violations(&self) -> Vec<String> {
+    pub(crate) fn violations(&self) -> Vec<String> {
         lock(&self.checker).violations.clone()
     }
 

@@ -28,23 +28,23 @@ type Outage = (DateTime<Utc>, Option<DateTime<Utc>>);
 
 /// When the store was down, in order.
 #[derive(Clone, Debug, Default)]
-pub struct Outages(Arc<Mutex<Vec<Outage>>>);
+pub(crate) struct Outages(Arc<Mutex<Vec<Outage>>>);
 
 impl Outages {
     /// The store goes down at `at`.
-    pub fn begin(&self, at: DateTime<Utc>) {
+    pub(crate) fn begin(&self, at: DateTime<Utc>) {
         lock(&self.0).push((at, None));
     }
 
     /// The store is back at `at`.
-    pub fn end(&self, at: DateTime<Utc>) {
+    pub(crate) fn end(&self, at: DateTime<Utc>) {
         if let Some((_, end @ None)) = lock(&self.0).last_mut() {
             *end = Some(at);
         }
     }
 
     /// Whether the store is down now.
-    pub fn down(&self) -> bool {
+    pub(crate) fn down(&self) -> bool {
         matches!(lock(&self.0).last(), Some((_, None)))
     }
 
@@ -60,7 +60,7 @@ impl Outages {
     /// the start of the earliest outage chained to it (each reaching the
     /// next's start): a write landing now may have been attempted as early
     /// as that.
-    pub fn effects_since(
+    pub(crate) fn effects_since(
         &self,
         now: DateTime<Utc>,
         slack: chrono::TimeDelta,
@@ -79,7 +79,11 @@ impl Outages {
 
     /// The latest end (`now` for an ongoing one) of an outage that ended at
     /// or after `at`: work due at `at` could not be written before it.
-    pub fn down_after(&self, at: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn down_after(
+        &self,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         self.windows(now)
             .into_iter()
             .filter(|(_, end)| *end >= at)
@@ -90,7 +94,7 @@ impl Outages {
 
 /// A [`Store`] over a [`CheckedStore`] that fails every operation while one
 /// of its [`Outages`] lasts.
-pub struct FaultyStore {
+pub(crate) struct FaultyStore {
     inner: Arc<CheckedStore>,
     outages: Outages,
     settled: Mutex<Vec<(AttemptRef, Settlement)>>,
@@ -101,7 +105,7 @@ pub struct FaultyStore {
 }
 
 impl FaultyStore {
-    pub fn new(inner: Arc<CheckedStore>, outages: Outages) -> Self {
+    pub(crate) fn new(inner: Arc<CheckedStore>, outages: Outages) -> Self {
         Self {
             inner,
             outages,
@@ -112,7 +116,7 @@ impl FaultyStore {
 
     /// How many provider answers an outage kept from being recorded at
     /// their first try (each counted once however often it was retried).
-    pub fn refused_answers(&self) -> usize {
+    pub(crate) fn refused_answers(&self) -> usize {
         lock(&self.refused_answers).len()
     }
 
@@ -124,7 +128,7 @@ impl FaultyStore {
     }
 
     /// Every settlement that applied through this store, in order.
-    pub fn settled(&self) -> Vec<(AttemptRef, Settlement)> {
+    pub(crate) fn settled(&self) -> Vec<(AttemptRef, Settlement)> {
         lock(&self.settled).clone()
     }
 

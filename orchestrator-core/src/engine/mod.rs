@@ -54,7 +54,7 @@ pub enum EngineError {
     #[error("{0}")]
     NotFound(String),
     /// The change is not allowed in the call's status (e.g. PATCH after dialling).
-    #[error("call {id}: {source}")]
+    #[error("call {id} refused the change")]
     Conflict {
         /// The call.
         id: CallId,

@@ -106,6 +106,15 @@ pub struct Running {
     task: JoinHandle<Result<(), AppError>>,
 }
 
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("local_addr", &self.local_addr)
+            .field("public_base_url", &self.public_base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Running {
     /// The address the server listens on.
     #[must_use]
@@ -225,7 +234,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let (store, store_description) = open_store(&config).await?;
     let (provider, provider_description): (Arc<dyn Provider>, String) = match &config.provider {
         Some(settings) => {
-            let provider = HttpProvider::new(HttpProviderConfig {
+            let provider = HttpProvider::new(&HttpProviderConfig {
                 base_url: settings.base_url.clone(),
                 api_key: settings.api_key.clone(),
                 timeout: settings.timeout,

@@ -140,6 +140,12 @@ pub struct MockProvider {
     client: reqwest::Client,
 }
 
+impl std::fmt::Debug for MockProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockProvider").finish_non_exhaustive()
+    }
+}
+
 impl MockProvider {
     /// A mock behaving as `config` says.
     ///

@@ -43,7 +43,7 @@ async fn mock_provider() -> (MockProvider, Url) {
 }
 
 /// The orchestrator on 127.0.0.1:0 over `database_url` (memory when `None`).
-pub async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Running {
+pub(crate) async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Running {
     let database_url = database_url.map(|url| url.parse().expect("a PostgreSQL URL"));
     let secret: WebhookSecret = SECRET.parse().unwrap();
     let config = Config {
@@ -65,7 +65,7 @@ pub async fn orchestrator(provider_url: Url, database_url: Option<String>) -> Ru
 
 /// Creates calls over HTTP and waits until every one is terminal; returns
 /// the final calls.
-pub async fn run_calls_to_completion(base: &str, numbers: &[&str]) -> Vec<Value> {
+pub(crate) async fn run_calls_to_completion(base: &str, numbers: &[&str]) -> Vec<Value> {
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for (n, to) in numbers.iter().enumerate() {
@@ -112,7 +112,7 @@ pub async fn run_calls_to_completion(base: &str, numbers: &[&str]) -> Vec<Value>
 }
 
 /// Checks the settled calls: each COMPLETED, or FAILED as BUSY, after one dial.
-pub fn assert_settled_by_webhooks(calls: &[Value]) -> BTreeMap<String, usize> {
+pub(crate) fn assert_settled_by_webhooks(calls: &[Value]) -> BTreeMap<String, usize> {
     let mut statuses = BTreeMap::new();
     for call in calls {
         assert_eq!(call["attempts"], 1, "{call}");
@@ -136,7 +136,7 @@ pub fn assert_settled_by_webhooks(calls: &[Value]) -> BTreeMap<String, usize> {
     statuses
 }
 
-pub const NUMBERS: [&str; 8] = [
+pub(crate) const NUMBERS: [&str; 8] = [
     "+966501234501",
     "+966501234502",
     "+966501234503",

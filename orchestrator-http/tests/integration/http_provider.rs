@@ -71,7 +71,7 @@ async fn stub(answer: Answer) -> (Url, Arc<Mutex<Vec<(HeaderMap, Value)>>>) {
 }
 
 fn provider(base_url: Url, api_key: Option<&str>, timeout: Duration) -> HttpProvider {
-    HttpProvider::new(HttpProviderConfig {
+    HttpProvider::new(&HttpProviderConfig {
         base_url,
         api_key: api_key.map(|key| key.parse().unwrap()),
         timeout,
@@ -295,17 +295,17 @@ fn bad_configuration_is_refused() {
         public_base_url: url("http://127.0.0.1:8080"),
     };
     assert!(matches!(
-        HttpProvider::new(config("ftp://x", None, Duration::from_secs(1))),
+        HttpProvider::new(&config("ftp://x", None, Duration::from_secs(1))),
         Err(HttpProviderError::BadUrl("PROVIDER_BASE_URL"))
     ));
     assert!(matches!(
-        HttpProvider::new(config("http://x", None, Duration::ZERO)),
+        HttpProvider::new(&config("http://x", None, Duration::ZERO)),
         Err(HttpProviderError::ZeroTimeout)
     ));
     for key in ["", "a b", "k\u{e9}y", "tab\tkey"] {
         assert_eq!(key.parse::<ApiKey>().unwrap_err(), BadApiKey, "{key:?}");
     }
-    let ok = HttpProvider::new(config("http://x/v2", Some("k"), Duration::from_secs(1))).unwrap();
+    let ok = HttpProvider::new(&config("http://x/v2", Some("k"), Duration::from_secs(1))).unwrap();
     assert_eq!(ok.calls_url().as_str(), "http://x/v2/api/v1/calls");
 }
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, Mutex, Notify};
 use tower::ServiceExt as _;
 
 /// A provider that accepts every dial at once, naming it `prov-{callId}:{attempt}`.
-pub struct AcceptingProvider;
+pub(crate) struct AcceptingProvider;
 
 #[async_trait]
 impl Provider for AcceptingProvider {
@@ -33,20 +33,20 @@ impl Provider for AcceptingProvider {
 }
 
 /// The provider call id [`AcceptingProvider`] gives a dial.
-pub fn provider_id(request: &DialRequest) -> String {
+pub(crate) fn provider_id(request: &DialRequest) -> String {
     format!("prov-{}", request.idempotency_key())
 }
 
 /// A provider whose dials wait until released, announcing each dial first:
 /// lets a test act while a call is claimed but the provider has not answered.
-pub struct GatedProvider {
+pub(crate) struct GatedProvider {
     entered: mpsc::UnboundedSender<DialRequest>,
     release: Arc<Notify>,
 }
 
 impl GatedProvider {
     /// The provider, the stream of dials it entered, and the release switch.
-    pub fn new() -> (
+    pub(crate) fn new() -> (
         Self,
         Mutex<mpsc::UnboundedReceiver<DialRequest>>,
         Arc<Notify>,
@@ -77,14 +77,14 @@ impl Provider for GatedProvider {
 }
 
 /// A router and the engine behind it (not started: tests call `tick`).
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub router: Router,
     pub engine: Engine,
 }
 
 impl TestApp {
     /// Memory store, accepting provider, no webhook secret.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with(
             Arc::new(MemoryStore::new()),
             Arc::new(AcceptingProvider),
@@ -93,7 +93,7 @@ impl TestApp {
     }
 
     /// Memory store, accepting provider, signatures required with `secret`.
-    pub fn signed(secret: &WebhookSecret) -> Self {
+    pub(crate) fn signed(secret: &WebhookSecret) -> Self {
         Self::with(
             Arc::new(MemoryStore::new()),
             Arc::new(AcceptingProvider),
@@ -101,7 +101,7 @@ impl TestApp {
         )
     }
 
-    pub fn with(
+    pub(crate) fn with(
         store: Arc<dyn Store>,
         provider: Arc<dyn Provider>,
         secret: Option<WebhookSecret>,
@@ -109,7 +109,7 @@ impl TestApp {
         Self::with_limits(store, provider, secret, Limits::default())
     }
 
-    pub fn with_limits(
+    pub(crate) fn with_limits(
         store: Arc<dyn Store>,
         provider: Arc<dyn Provider>,
         secret: Option<WebhookSecret>,
@@ -130,7 +130,7 @@ impl TestApp {
 
     /// Memory store, accepting provider, and no metrics handle: `/metrics`
     /// knows only what it can count in the store.
-    pub fn without_metrics() -> Self {
+    pub(crate) fn without_metrics() -> Self {
         let engine = engine(Arc::new(MemoryStore::new()), Arc::new(AcceptingProvider));
         Self {
             router: router(AppState::new(engine.clone())),
@@ -139,7 +139,7 @@ impl TestApp {
     }
 
     /// Sends one request through the router.
-    pub async fn send(&self, request: Request<Body>) -> Reply {
+    pub(crate) async fn send(&self, request: Request<Body>) -> Reply {
         let response = self
             .router
             .clone()
@@ -160,21 +160,21 @@ impl TestApp {
         }
     }
 
-    pub async fn get(&self, uri: &str) -> Reply {
+    pub(crate) async fn get(&self, uri: &str) -> Reply {
         self.send(request(Method::GET, uri).body(Body::empty()).unwrap())
             .await
     }
 
-    pub async fn post_json(&self, uri: &str, body: &Value) -> Reply {
+    pub(crate) async fn post_json(&self, uri: &str, body: &Value) -> Reply {
         self.send(json_request(Method::POST, uri, body)).await
     }
 
-    pub async fn patch_json(&self, uri: &str, body: &Value) -> Reply {
+    pub(crate) async fn patch_json(&self, uri: &str, body: &Value) -> Reply {
         self.send(json_request(Method::PATCH, uri, body)).await
     }
 
     /// Creates a call to `to` and returns its id.
-    pub async fn create(&self, to: &str) -> String {
+    pub(crate) async fn create(&self, to: &str) -> String {
         let reply = self
             .post_json(
                 "/calls",
@@ -186,7 +186,7 @@ impl TestApp {
     }
 
     /// Runs one dispatch round and waits for its dials.
-    pub async fn dispatch(&self) {
+    pub(crate) async fn dispatch(&self) {
         self.engine.tick().await.expect("dispatch round");
     }
 }
@@ -198,11 +198,11 @@ fn engine(store: Arc<dyn Store>, provider: Arc<dyn Provider>) -> Engine {
         .expect("default engine config is valid")
 }
 
-pub fn request(method: Method, uri: &str) -> axum::http::request::Builder {
+pub(crate) fn request(method: Method, uri: &str) -> axum::http::request::Builder {
     Request::builder().method(method).uri(uri)
 }
 
-pub fn json_request(method: Method, uri: &str, body: &Value) -> Request<Body> {
+pub(crate) fn json_request(method: Method, uri: &str, body: &Value) -> Request<Body> {
     request(method, uri)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_string()))
@@ -211,7 +211,7 @@ pub fn json_request(method: Method, uri: &str, body: &Value) -> Request<Body> {
 
 /// A response, read whole.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub text: String,
@@ -220,7 +220,7 @@ pub struct Reply {
 
 impl Reply {
     /// Asserts this is an RFC 9457 problem document with `status`; returns it.
-    pub fn problem(&self, status: StatusCode) -> &Value {
+    pub(crate) fn problem(&self, status: StatusCode) -> &Value {
         assert_eq!(self.status, status, "{}", self.text);
         assert_eq!(
             self.headers
@@ -238,7 +238,7 @@ impl Reply {
     }
 
     /// The fields named in the problem's `errors`.
-    pub fn fields(&self) -> Vec<String> {
+    pub(crate) fn fields(&self) -> Vec<String> {
         self.body["errors"]
             .as_array()
             .map(|errors| {
@@ -250,14 +250,14 @@ impl Reply {
             .unwrap_or_default()
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 /// How [`BrokenStore::ping`] misbehaves.
 #[derive(Clone, Copy, Debug)]
-pub enum Ping {
+pub(crate) enum Ping {
     /// Answers "unavailable" at once.
     Fails,
     /// Never answers.
@@ -265,13 +265,13 @@ pub enum Ping {
 }
 
 /// A memory store whose `ping` and `counts` misbehave, for readiness and timeouts.
-pub struct BrokenStore {
+pub(crate) struct BrokenStore {
     inner: MemoryStore,
     ping: Ping,
 }
 
 impl BrokenStore {
-    pub fn new(ping: Ping) -> Self {
+    pub(crate) fn new(ping: Ping) -> Self {
         Self {
             inner: MemoryStore::new(),
             ping,
