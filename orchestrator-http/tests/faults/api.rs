@@ -6,14 +6,14 @@ use serde_json::{json, Value};
 
 /// A client of one orchestrator node.
 #[derive(Clone, Debug)]
-pub struct Api {
+pub(crate) struct Api {
     base: String,
     client: reqwest::Client,
 }
 
 impl Api {
     /// A client of the node at `base` (`http://127.0.0.1:<port>`).
-    pub fn new(base: &str) -> Api {
+    pub(crate) fn new(base: &str) -> Api {
         Api {
             base: base.trim_end_matches('/').to_owned(),
             client: reqwest::Client::builder()
@@ -25,7 +25,7 @@ impl Api {
 
     /// Creates one call to a distinct number (`number` picks it) and returns
     /// its id; panics unless the answer is 201.
-    pub async fn create_call(&self, number: u32) -> String {
+    pub(crate) async fn create_call(&self, number: u32) -> String {
         let response = self
             .client
             .post(format!("{}/calls", self.base))
@@ -43,7 +43,7 @@ impl Api {
     }
 
     /// One call, or `None` when the node does not answer 200.
-    pub async fn call(&self, id: &str) -> Option<Value> {
+    pub(crate) async fn call(&self, id: &str) -> Option<Value> {
         let response = self
             .client
             .get(format!("{}/calls/{id}", self.base))
@@ -58,7 +58,7 @@ impl Api {
 
     /// Calls per status (`GET /metrics` as JSON), or `None` when the node
     /// does not answer 200.
-    pub async fn counts(&self) -> Option<Value> {
+    pub(crate) async fn counts(&self) -> Option<Value> {
         let response = self
             .client
             .get(format!("{}/metrics", self.base))
@@ -74,7 +74,7 @@ impl Api {
 
     /// Waits until the store holds `total` calls and none is PENDING or
     /// IN_PROGRESS; a timeout names the last counts seen.
-    pub async fn wait_all_terminal(&self, total: u64, within: Duration) {
+    pub(crate) async fn wait_all_terminal(&self, total: u64, within: Duration) {
         let deadline = Instant::now() + within;
         let mut last = Value::Null;
         loop {
@@ -97,7 +97,7 @@ impl Api {
     }
 
     /// Every id in `ids`, fetched once; panics naming any that is missing.
-    pub async fn calls(&self, ids: &[String]) -> Vec<Value> {
+    pub(crate) async fn calls(&self, ids: &[String]) -> Vec<Value> {
         let mut calls = Vec::with_capacity(ids.len());
         for id in ids {
             let call = self
@@ -111,6 +111,6 @@ impl Api {
 }
 
 /// A valid, distinct Saudi mobile number per `number` (below ten million).
-pub fn phone(number: u32) -> String {
+pub(crate) fn phone(number: u32) -> String {
     format!("+96650{number:07}")
 }

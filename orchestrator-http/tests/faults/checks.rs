@@ -10,7 +10,7 @@ impl Recording {
     /// Each `(callId, attempt)` dialled more than once other than as a
     /// re-send of the same `Idempotency-Key`, and each dial whose key is not
     /// `{callId}:{attempt}`: one line per problem.
-    pub fn double_dials(&self) -> Vec<String> {
+    pub(crate) fn double_dials(&self) -> Vec<String> {
         let mut keys: BTreeMap<(&str, u32), Vec<&str>> = BTreeMap::new();
         let mut problems = Vec::new();
         for dial in &self.dials {
@@ -38,14 +38,14 @@ impl Recording {
     }
 
     /// The first accepted try of dial `index`'s webhook.
-    pub fn accepted_webhook(&self, index: usize) -> Option<&WebhookTry> {
+    pub(crate) fn accepted_webhook(&self, index: usize) -> Option<&WebhookTry> {
         self.webhooks
             .iter()
             .find(|webhook| webhook.dial == index && webhook.accepted())
     }
 
     /// The first try of dial `index`'s webhook.
-    pub fn first_webhook(&self, index: usize) -> Option<&WebhookTry> {
+    pub(crate) fn first_webhook(&self, index: usize) -> Option<&WebhookTry> {
         self.webhooks.iter().find(|webhook| webhook.dial == index)
     }
 
@@ -58,7 +58,7 @@ impl Recording {
     /// a key are not new calls. Ending at the *send* of that webhook, before
     /// the node settles it, makes this a lower bound of the store's own
     /// count, so it never reports a breach that did not happen.
-    pub fn max_in_flight(&self) -> (usize, Option<Instant>) {
+    pub(crate) fn max_in_flight(&self) -> (usize, Option<Instant>) {
         let intervals = self.in_flight_intervals();
         let mut events: Vec<(Instant, i32)> = Vec::new();
         for (_, start, end) in &intervals {
@@ -82,7 +82,7 @@ impl Recording {
 
     /// The calls in flight (as [`max_in_flight`](Self::max_in_flight)
     /// counts them) at `at`, described from `at`: for failure messages.
-    pub fn describe_in_flight(&self, at: Instant) -> String {
+    pub(crate) fn describe_in_flight(&self, at: Instant) -> String {
         self.in_flight_intervals()
             .into_iter()
             .filter(|(_, start, end)| *start <= at && end.is_none_or(|end| end > at))
@@ -113,7 +113,7 @@ impl Recording {
     }
 
     /// The attempts of each call that reached the provider, sorted.
-    pub fn attempts_by_call(&self) -> BTreeMap<String, Vec<u32>> {
+    pub(crate) fn attempts_by_call(&self) -> BTreeMap<String, Vec<u32>> {
         let mut attempts: BTreeMap<String, Vec<u32>> = BTreeMap::new();
         for dial in self.dials.iter().filter(|dial| !dial.resend) {
             attempts
@@ -131,7 +131,7 @@ impl Recording {
     /// them sent before the last of their dials, the time from its send to
     /// the next dial of one of them. A webhook frees a slot; with calls
     /// waiting, the next dial should follow within milliseconds.
-    pub fn wakeups(&self, calls: &HashSet<String>) -> Vec<Duration> {
+    pub(crate) fn wakeups(&self, calls: &HashSet<String>) -> Vec<Duration> {
         let dials: Vec<Instant> = self
             .dials
             .iter()
@@ -155,7 +155,7 @@ impl Recording {
 
     /// Everything seen of `call`, one line per dial and webhook try, times
     /// relative to `origin`: for failure messages.
-    pub fn describe(&self, call: &str, origin: Instant) -> String {
+    pub(crate) fn describe(&self, call: &str, origin: Instant) -> String {
         let at = |instant: Instant| {
             let millis = |d: Duration| d.as_millis();
             if instant >= origin {

@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How `pg_ctl stop` stops the server.
 #[derive(Clone, Copy, Debug)]
-pub enum StopMode {
+pub(crate) enum StopMode {
     /// Roll back open transactions, disconnect clients, checkpoint.
     Fast,
     /// Kill every server process at once, as a crash or power cut would.
@@ -37,7 +37,7 @@ impl StopMode {
 /// A running (or deliberately stopped) throwaway cluster. Cheap to clone;
 /// the last clone dropped stops it and deletes its directory.
 #[derive(Clone, Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     inner: Arc<Inner>,
 }
 
@@ -54,7 +54,7 @@ impl Cluster {
     ///
     /// # Panics
     /// When the server binaries are missing or the cluster does not start.
-    pub async fn start_new() -> Cluster {
+    pub(crate) async fn start_new() -> Cluster {
         tokio::task::spawn_blocking(Cluster::create)
             .await
             .expect("creating the PostgreSQL cluster panicked")
@@ -116,7 +116,7 @@ impl Cluster {
     }
 
     /// The URL of the cluster's `postgres` database, valid across restarts.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.inner.port)
     }
 
@@ -124,7 +124,7 @@ impl Cluster {
     ///
     /// # Panics
     /// When `pg_ctl stop` fails.
-    pub async fn stop(&self, mode: StopMode) {
+    pub(crate) async fn stop(&self, mode: StopMode) {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             run(inner.command("pg_ctl").arg("-D").arg(inner.data()).args([
@@ -146,7 +146,7 @@ impl Cluster {
     ///
     /// # Panics
     /// When it does not start (the log is in the message).
-    pub async fn start(&self) {
+    pub(crate) async fn start(&self) {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.pg_ctl_start())
             .await

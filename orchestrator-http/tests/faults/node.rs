@@ -20,7 +20,7 @@ const START_WITHIN: Duration = Duration::from_secs(30);
 
 /// What to start.
 #[derive(Clone, Debug, Default)]
-pub struct NodeSpec {
+pub(crate) struct NodeSpec {
     /// Environment variables on top of `PATH`, `BIND_HOST`, `PORT` and `RUST_LOG`.
     pub env: Vec<(String, String)>,
     /// A soft open-file limit for the process, as a service manager would
@@ -30,7 +30,9 @@ pub struct NodeSpec {
 
 impl NodeSpec {
     /// A spec with these variables.
-    pub fn new<K: Into<String>, V: Into<String>>(env: impl IntoIterator<Item = (K, V)>) -> Self {
+    pub(crate) fn new<K: Into<String>, V: Into<String>>(
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
         NodeSpec {
             env: env
                 .into_iter()
@@ -43,7 +45,7 @@ impl NodeSpec {
 
 /// A running orchestrator process.
 #[derive(Debug)]
-pub struct Node {
+pub(crate) struct Node {
     name: String,
     child: Child,
     address: SocketAddr,
@@ -56,7 +58,7 @@ impl Node {
     ///
     /// # Panics
     /// When it exits or does not answer within [`START_WITHIN`], with the end of its log.
-    pub async fn start(name: &str, logs: &Path, spec: &NodeSpec) -> Node {
+    pub(crate) async fn start(name: &str, logs: &Path, spec: &NodeSpec) -> Node {
         // A free port can be taken between our probe and the node's bind: try a few.
         for round in 0..3 {
             let port = free_port();
@@ -64,7 +66,8 @@ impl Node {
             let mut node = Node::spawn(name, port, &log, spec);
             match node.wait_healthy().await {
                 Ok(()) => return node,
-                Err(problem) if problem.contains("cannot listen") => continue,
+                // Another port, next round.
+                Err(problem) if problem.contains("cannot listen") => {}
                 Err(problem) => panic!("node {name} did not start: {problem}"),
             }
         }
@@ -142,28 +145,28 @@ impl Node {
     }
 
     /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.address)
     }
 
     /// The address it listens on.
-    pub fn address(&self) -> SocketAddr {
+    pub(crate) fn address(&self) -> SocketAddr {
         self.address
     }
 
     /// A client of its API.
-    pub fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         Api::new(&self.url())
     }
 
     /// Sends SIGTERM.
-    pub fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         kill(self.pid(), Signal::SIGTERM)
             .unwrap_or_else(|error| panic!("cannot signal node {}: {error}", self.name));
     }
 
     /// `kill -9`, and reaps it.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if self.try_status().is_none() {
             let _ = kill(self.pid(), Signal::SIGKILL);
             self.status = self.child.wait().ok();
@@ -172,7 +175,7 @@ impl Node {
 
     /// Waits up to `within` for the process to exit; its status, or `None`
     /// when it is still running.
-    pub async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.try_status() {
@@ -197,7 +200,7 @@ impl Node {
     }
 
     /// The last lines of its output, for failure messages.
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         let start = lines.len().saturating_sub(30);

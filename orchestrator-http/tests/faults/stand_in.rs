@@ -34,7 +34,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Pause between two tries of one webhook.
-pub const WEBHOOK_RETRY: Duration = Duration::from_millis(200);
+pub(crate) const WEBHOOK_RETRY: Duration = Duration::from_millis(200);
 /// A webhook is given up this long after its first try.
 const WEBHOOK_GIVE_UP: Duration = Duration::from_secs(120);
 /// Bound on one webhook request.
@@ -42,7 +42,7 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How to answer a dial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// 202 with a provider id; the webhook follows after the call duration.
     Accept,
     /// This status with a JSON error body; no call, no webhook.
@@ -70,7 +70,7 @@ impl DialHold {
 
 /// One dial request as received.
 #[derive(Clone, Debug)]
-pub struct Dial {
+pub(crate) struct Dial {
     /// The orchestrator's call id, from the `webhookUrl` query.
     pub call_id: String,
     /// The attempt, from the `webhookUrl` query.
@@ -95,7 +95,7 @@ pub struct Dial {
 
 /// One try of one webhook.
 #[derive(Clone, Debug)]
-pub struct WebhookTry {
+pub(crate) struct WebhookTry {
     /// Index of the dial in [`Recording::dials`].
     pub dial: usize,
     /// The `host:port` it was sent to.
@@ -112,20 +112,20 @@ pub struct WebhookTry {
 
 impl WebhookTry {
     /// Answered 2xx.
-    pub fn accepted(&self) -> bool {
+    pub(crate) fn accepted(&self) -> bool {
         matches!(self.result, Ok(status) if (200..300).contains(&status))
     }
 
     /// Perhaps applied: answered 2xx, or lost after it reached the node
     /// (say, the node died before answering).
-    pub fn maybe_applied(&self) -> bool {
+    pub(crate) fn maybe_applied(&self) -> bool {
         self.accepted() || (self.result.is_err() && !self.refused)
     }
 }
 
 /// Everything seen so far.
 #[derive(Clone, Debug, Default)]
-pub struct Recording {
+pub(crate) struct Recording {
     /// Dials in arrival order.
     pub dials: Vec<Dial>,
     /// Webhook tries in send order.
@@ -155,7 +155,7 @@ struct Behaviour {
 }
 
 /// The running stand-in; stops serving when dropped.
-pub struct StandIn {
+pub(crate) struct StandIn {
     shared: Arc<Shared>,
     url: String,
     server: JoinHandle<()>,
@@ -163,7 +163,7 @@ pub struct StandIn {
 
 impl StandIn {
     /// Starts it on 127.0.0.1:0: every dial accepted, 250 ms calls.
-    pub async fn start() -> StandIn {
+    pub(crate) async fn start() -> StandIn {
         let secret: WebhookSecret = crate::WEBHOOK_SECRET.parse().expect("a valid secret");
         let shared = Arc::new(Shared {
             secret,
@@ -213,18 +213,18 @@ impl StandIn {
     }
 
     /// Its base URL, for `PROVIDER_BASE_URL`.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
     /// How long a call lasts, from the 202 to its webhook.
-    pub fn set_call_duration(&self, duration: Duration) {
+    pub(crate) fn set_call_duration(&self, duration: Duration) {
         self.with(|state| state.call_duration = duration);
     }
 
     /// Answers from now on, taken in turn, once the scripted ones are used
     /// up (new dials only; repeated keys always get their first answer).
-    pub fn set_answers(&self, answers: Vec<Answer>) {
+    pub(crate) fn set_answers(&self, answers: Vec<Answer>) {
         assert!(!answers.is_empty(), "at least one answer");
         self.with(|state| {
             state.answers = answers;
@@ -234,68 +234,68 @@ impl StandIn {
 
     /// Answers for the next dials, each used once, before those of
     /// [`set_answers`](Self::set_answers).
-    pub fn script_answers(&self, answers: Vec<Answer>) {
+    pub(crate) fn script_answers(&self, answers: Vec<Answer>) {
         self.with(|state| state.script.extend(answers));
     }
 
     /// The nodes' base URLs a webhook may fail over to.
-    pub fn set_failover(&self, nodes: &[String]) {
+    pub(crate) fn set_failover(&self, nodes: &[String]) {
         let nodes = nodes.iter().map(|url| authority(url)).collect();
         self.with(|state| state.failover = nodes);
     }
 
     /// Dials of the node at `url` from now on wait, unanswered, until
     /// [`release_dials`](Self::release_dials); other nodes' are answered.
-    pub fn hold_dials_from(&self, url: &str) {
+    pub(crate) fn hold_dials_from(&self, url: &str) {
         self.shared
             .dial_gate
             .send_replace(DialHold::Node(authority(url)));
     }
 
     /// Dials from now on wait, unanswered, until [`release_dials`](Self::release_dials).
-    pub fn hold_dials(&self) {
+    pub(crate) fn hold_dials(&self) {
         self.shared.dial_gate.send_replace(DialHold::All);
     }
 
     /// Answers every held dial.
-    pub fn release_dials(&self) {
+    pub(crate) fn release_dials(&self) {
         self.shared.dial_gate.send_replace(DialHold::None);
     }
 
     /// The next `count` held dials whose caller went away are given up when
     /// released, as a provider that never got to start the call; the others
     /// go on as usual.
-    pub fn abandon_orphans(&self, count: usize) {
+    pub(crate) fn abandon_orphans(&self, count: usize) {
         self.with(|state| state.abandon_orphans = count);
     }
 
     /// Dials waiting at the gate.
-    pub fn held_dials(&self) -> usize {
+    pub(crate) fn held_dials(&self) -> usize {
         self.with(|state| state.held_dials)
     }
 
     /// Webhook tries from now on wait until [`release_webhooks`](Self::release_webhooks).
-    pub fn hold_webhooks(&self) {
+    pub(crate) fn hold_webhooks(&self) {
         self.shared.webhook_gate.send_replace(true);
     }
 
     /// Sends every held webhook.
-    pub fn release_webhooks(&self) {
+    pub(crate) fn release_webhooks(&self) {
         self.shared.webhook_gate.send_replace(false);
     }
 
     /// The dials (indices into [`Recording::dials`]) whose webhooks wait at the gate.
-    pub fn held_webhooks(&self) -> Vec<usize> {
+    pub(crate) fn held_webhooks(&self) -> Vec<usize> {
         self.with(|state| state.held_webhooks.clone())
     }
 
     /// Dials received so far.
-    pub fn dial_count(&self) -> usize {
+    pub(crate) fn dial_count(&self) -> usize {
         self.with(|state| state.recording.dials.len())
     }
 
     /// A copy of everything seen so far.
-    pub fn recording(&self) -> Recording {
+    pub(crate) fn recording(&self) -> Recording {
         self.with(|state| state.recording.clone())
     }
 }
@@ -542,7 +542,7 @@ fn lock<T>(shared: &Shared, f: impl FnOnce(&mut Behaviour) -> T) -> T {
 }
 
 /// `host:port` of a URL.
-pub fn authority(url: &str) -> String {
+pub(crate) fn authority(url: &str) -> String {
     Url::parse(url)
         .ok()
         .and_then(|url| {
