@@ -5,11 +5,11 @@
 //! therefore behaviour) is deterministic.
 //!
 //! Every method costs what it touches, not what the store holds: a claim
-//! walks only the oldest due call of each number that is free (see
-//! [`State::heads`]), timers read the first entry of an index ordered by
-//! time, and retention deletes from an index ordered by `endedAt`, so
-//! neither calls scheduled far ahead nor a backlog waiting for a busy
-//! number slow anything down, and a store that purges stays bounded.
+//! walks only the oldest due call of each number that is free, timers read
+//! the first entry of an index ordered by time, and retention deletes from
+//! an index ordered by `endedAt`, so neither calls scheduled far ahead nor a
+//! backlog waiting for a busy number slow anything down, and a store that
+//! purges stays bounded.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound::{Excluded, Included, Unbounded};

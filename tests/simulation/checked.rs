@@ -16,7 +16,9 @@
 //! - With [`EngineRules`], the rules of an engine using the store: the
 //!   engine's global cap, its attempt limit, back-off delays no shorter than
 //!   the retry policy allows, and `PENDING` calls expiring within 2 s of their
-//!   deadline.
+//!   deadline. Store outages (see `faulty`) delay what the engine writes:
+//!   a back-off then counts from the outage's start at the earliest (the
+//!   answer came during it), and an expiry from the outage's end.
 //!
 //! The conformance suite runs through a [`CheckedStore::strict`] store, which
 //! panics at the first violation; the simulation collects violations and
@@ -27,6 +29,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use orchestrator_core::{
@@ -35,6 +38,8 @@ use orchestrator_core::{
     Settlement, StatusCounts, Store, StoreError, TokioClock,
 };
 use tokio::sync::watch;
+
+use crate::faulty::Outages;
 
 /// The rules of the engine using the store, checked on top of the contract.
 #[derive(Clone, Debug)]
@@ -45,6 +50,12 @@ pub(crate) struct EngineRules {
     pub retry: RetryPolicy,
     /// The engine's clock, for back-off and expiry deadlines.
     pub clock: TokioClock,
+    /// When the store was down.
+    pub outages: Outages,
+    /// How long after an outage the engine may still be writing what it
+    /// could not write during it: its longest store-retry delay plus its
+    /// fallback poll, and a second.
+    pub outage_slack: Duration,
 }
 
 /// What the checker remembers between store operations.
@@ -276,6 +287,12 @@ fn check_engine_rules(
     violations: &mut Vec<String>,
 ) {
     let now = rules.clock.now();
+    let slack = chrono::TimeDelta::from_std(rules.outage_slack).expect("a short slack");
+    // A settlement landing now may carry an answer from as early as this.
+    let answered_since = rules
+        .outages
+        .effects_since(now, slack)
+        .map_or(now, |start| start.min(now));
     let in_progress = calls
         .iter()
         .filter(|call| call.status == CallStatus::InProgress)
@@ -301,7 +318,7 @@ fn check_engine_rules(
                 && call.status == CallStatus::Pending
                 && call.attempts == before.attempts;
             if retried {
-                let earliest = now + rules.retry.min_delay(call.attempts);
+                let earliest = answered_since + rules.retry.min_delay(call.attempts);
                 let earliest = earliest - chrono::TimeDelta::milliseconds(1);
                 if call.next_attempt_at.is_none_or(|at| at < earliest) {
                     violations.push(format!(
@@ -319,7 +336,12 @@ fn check_engine_rules(
         let pending_since = checker.pending_since.get(&call.id).copied();
         let deadline = call
             .expires_at
-            .map(|at| pending_since.map_or(at, |since| at.max(since)));
+            .map(|at| pending_since.map_or(at, |since| at.max(since)))
+            .map(|at| match rules.outages.down_after(at, now) {
+                // The expiry could not be written before the store was back.
+                Some(back) => at.max(back + slack),
+                None => at,
+            });
         if call.status == CallStatus::Pending
             && deadline.is_some_and(|at| at + chrono::TimeDelta::seconds(2) < now)
         {
@@ -562,7 +584,6 @@ impl Store for CheckedStore {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use std::time::Duration;
 
     fn at(secs: i64) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2030, 1, 1, 9, 0, 0).unwrap() + chrono::TimeDelta::seconds(secs)
@@ -575,6 +596,8 @@ mod tests {
                 cap: 1,
                 retry: RetryPolicy::default(),
                 clock: TokioClock::starting_at(at(0)),
+                outages: Outages::default(),
+                outage_slack: Duration::ZERO,
             },
         )
     }
@@ -669,6 +692,8 @@ mod tests {
                 cap: 1,
                 retry: RetryPolicy::default(),
                 clock: TokioClock::starting_at(at(0)),
+                outages: Outages::default(),
+                outage_slack: Duration::ZERO,
             }),
             true,
         );

@@ -11,7 +11,9 @@
 //!
 //! Invariants are checked by [`CheckedStore`] (module `checked`), a `Store`
 //! wrapper that compares the memory store before and after *every* store
-//! operation, so even a violation that lasts one instant is caught. After the
+//! operation, so even a violation that lasts one instant is caught. The
+//! engine reaches it through a [`FaultyStore`] (module `faulty`), which
+//! operations take down for seconds at a time, as an unreachable database. After the
 //! operations, a final phase turns faults off and requires every call to
 //! reach a terminal state. The store conformance suite also runs through
 //! `CheckedStore` (module `conformance`), so the wrapper and the memory store
@@ -25,6 +27,7 @@
 
 mod checked;
 mod conformance;
+mod faulty;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,7 +37,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use orchestrator_core::{
     AttemptRef, CallId, CallStatus, Clock, Engine, EngineConfig, EngineError, EngineHandle, Faults,
     MemoryStore, NewCall, OutcomeMix, PayloadPatch, PhoneNumber, RedialPolicy, ReportedStatus,
-    RetryPolicy, ScriptId, SimulatedProvider, SimulationConfig, Store, TokioClock,
+    RetryPolicy, ScriptId, Settlement, SimulatedProvider, SimulationConfig, Store, TokioClock,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -43,6 +46,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use checked::{CheckedStore, EngineRules};
+use faulty::{FaultyStore, Outages};
 
 /// One operation of a scenario.
 #[derive(Clone, Debug)]
@@ -61,6 +65,9 @@ enum Op {
     Crash,
     /// Stop the engine gracefully, then start a new one.
     Restart,
+    /// The store cannot be reached for `millis` of virtual time: every
+    /// operation fails as unavailable while the engine runs on.
+    StoreOutage { millis: u32 },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -75,6 +82,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         2 => (any::<u8>(), 0u8..8).prop_map(|(call, number)| Op::Patch { call, number }),
         1 => Just(Op::Crash),
         1 => Just(Op::Restart),
+        1 => (1u32..15_000).prop_map(|millis| Op::StoreOutage { millis }),
     ]
 }
 
@@ -172,10 +180,12 @@ fn ops_tree(seed: u64) -> impl ValueTree<Value = Vec<Op>> {
 // ---------------------------------------------------------------------------
 // Running a scenario.
 
-/// What a run observed: the trace (for the determinism check) or a failure.
+/// What a run observed: the trace (for the determinism check) or a failure,
+/// and the store as the engine saw it.
 struct Outcome {
     trace: Vec<String>,
     failure: Option<String>,
+    store: Arc<FaultyStore>,
 }
 
 fn origin() -> DateTime<Utc> {
@@ -191,7 +201,7 @@ fn phone(world: &World, number: u8) -> PhoneNumber {
 
 fn build_engine(
     world: &World,
-    store: &Arc<CheckedStore>,
+    store: &Arc<FaultyStore>,
     provider: &SimulatedProvider,
     clock: &TokioClock,
     seed: u64,
@@ -208,6 +218,9 @@ fn build_engine(
 struct Run {
     world: World,
     store: Arc<CheckedStore>,
+    /// The store as the engine sees it.
+    faulty: Arc<FaultyStore>,
+    outages: Outages,
     provider: SimulatedProvider,
     clock: TokioClock,
     engine: Engine,
@@ -221,7 +234,7 @@ impl Run {
     fn engine(&self) -> Engine {
         build_engine(
             &self.world,
-            &self.store,
+            &self.faulty,
             &self.provider,
             &self.clock,
             self.seed.wrapping_add(self.restarts),
@@ -280,6 +293,11 @@ impl Run {
                 }
                 self.restart();
             }
+            Op::StoreOutage { millis } => {
+                self.outages.begin(self.clock.now());
+                tokio::time::sleep(Duration::from_millis((*millis).into())).await;
+                self.outages.end(self.clock.now());
+            }
         }
         // Let the engine react to the operation at this instant.
         tokio::task::yield_now().await;
@@ -336,21 +354,32 @@ fn run(seed: u64, ops: &[Op]) -> Outcome {
 }
 
 async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
-    let world = world(seed);
+    run_world(world(seed), seed, ops).await
+}
+
+async fn run_world(world: World, seed: u64, ops: &[Op]) -> Outcome {
     let clock = TokioClock::starting_at(origin());
+    let outages = Outages::default();
     let store = Arc::new(CheckedStore::for_engine(
         MemoryStore::new(),
         EngineRules {
             cap: world.engine.max_concurrent_calls,
             retry: world.engine.retry.clone(),
             clock: clock.clone(),
+            outages: outages.clone(),
+            outage_slack: world.engine.store_retry_max
+                + world.engine.fallback_poll
+                + Duration::from_secs(1),
         },
     ));
+    let faulty = Arc::new(FaultyStore::new(Arc::clone(&store), outages.clone()));
     let provider = SimulatedProvider::new(world.provider.clone());
-    let engine = build_engine(&world, &store, &provider, &clock, seed);
+    let engine = build_engine(&world, &faulty, &provider, &clock, seed);
     let mut run = Run {
         world,
         store,
+        faulty,
+        outages,
         provider,
         clock,
         engine,
@@ -368,6 +397,7 @@ async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
             return Outcome {
                 trace,
                 failure: Some(failure),
+                store: run.faulty,
             };
         }
     }
@@ -398,6 +428,7 @@ async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
                     "final phase: {open} calls not terminal after {horizon:?} without faults: {}",
                     stuck.join(", ")
                 )),
+                store: run.faulty,
             };
         }
         tokio::time::sleep(step).await;
@@ -406,6 +437,7 @@ async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
             return Outcome {
                 trace,
                 failure: Some(failure),
+                store: run.faulty,
             };
         }
     }
@@ -416,6 +448,7 @@ async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
     Outcome {
         trace,
         failure: None,
+        store: run.faulty,
     }
 }
 
@@ -555,4 +588,77 @@ fn scenarios_exercise_every_outcome() {
     }
     assert_eq!(seen.len(), 3, "outcomes seen: {seen:?}");
     assert!(retried, "no call was ever retried");
+}
+
+/// A store outage loses no provider answer: dial answers and webhooks that
+/// arrive while the store cannot be reached are recorded once it is back,
+/// so no attempt is left to its lease ("webhook timeout") and every call
+/// ends. Faults are off but 503 answers, so an answer lost would show.
+#[test]
+fn provider_answers_given_during_a_store_outage_are_applied_after_it() {
+    let engine = EngineConfig::default()
+        .with_max_concurrent_calls(4)
+        .with_retry(
+            RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(4), 4, 0.2)
+                .expect("valid retry policy"),
+        )
+        .with_lease(Duration::from_secs(120));
+    let provider = SimulationConfig::default()
+        .with_seed(3)
+        .with_dial_latency(Duration::ZERO..=Duration::from_millis(800))
+        .with_call_duration(Duration::from_secs(1)..=Duration::from_secs(6))
+        .with_outcomes(OutcomeMix::only(ReportedStatus::Completed))
+        .with_faults(Faults::default().with_server_error(0.3));
+    let world = World {
+        engine,
+        provider,
+        numbers: 8,
+    };
+    let mut ops: Vec<Op> = (0..8)
+        .map(|number| Op::Create {
+            number,
+            not_before_secs: None,
+            expires_in_secs: None,
+        })
+        .collect();
+    ops.extend([
+        Op::Advance { millis: 700 },
+        Op::StoreOutage { millis: 20_000 },
+        Op::Advance { millis: 60_000 },
+    ]);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(run_world(world, 3, &ops));
+
+    assert_eq!(outcome.failure, None);
+    let refused = outcome.store.refused_answers();
+    assert!(
+        refused >= 4,
+        "only {refused} answers came during the outage"
+    );
+    let settled = outcome.store.settled();
+    let timed_out: Vec<String> = settled
+        .iter()
+        .filter(|(_, settlement)| {
+            matches!(
+                settlement,
+                Settlement::Retry { error, .. } | Settlement::Failed { error, .. }
+                    if error == "webhook timeout"
+            )
+        })
+        .map(|(attempt, _)| attempt.to_string())
+        .collect();
+    assert!(
+        timed_out.is_empty(),
+        "attempts whose answer was lost and left to the lease: {timed_out:?}"
+    );
+    let completed = settled
+        .iter()
+        .filter(|(_, settlement)| matches!(settlement, Settlement::Completed { .. }))
+        .count();
+    assert_eq!(completed, 8, "every call completed: {settled:?}");
 }
