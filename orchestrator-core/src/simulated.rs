@@ -754,7 +754,10 @@ mod tests {
             }]
         );
 
-        let webhook = webhooks.recv().await.expect("a webhook");
+        let webhook = tokio::time::timeout(secs(60), webhooks.recv())
+            .await
+            .expect("a webhook within the call's duration")
+            .expect("the sink is open");
         assert_eq!(started.elapsed(), secs(11));
         assert_eq!(
             webhook,
