@@ -41,7 +41,10 @@ impl Inner {
             let next = match self.round(&mut dials).await {
                 Ok(next) => next,
                 Err(error) => {
-                    warn!(%error, "dispatch round failed; retrying after the fallback delay");
+                    warn!(
+                        error = &error as &dyn std::error::Error,
+                        "dispatch round failed; retrying after the fallback delay"
+                    );
                     None
                 }
             };
@@ -199,7 +202,7 @@ impl Inner {
             None => match write().await {
                 Ok(settled) => Some(settled),
                 Err(error) => {
-                    warn!(call_id = %attempt.call_id, %error, "could not settle the attempt; the next round tries again");
+                    warn!(call_id = %attempt.call_id, error = &error as &dyn std::error::Error, "could not settle the attempt; the next round tries again");
                     None
                 }
             },

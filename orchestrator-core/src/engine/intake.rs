@@ -38,7 +38,7 @@ impl Inner {
                         Err(error) if transient_engine(&error) => {
                             retries.spawn(Arc::clone(&self).retry_webhook(delivery));
                         }
-                        Err(error) => warn!(%error, "in-process webhook not settled"),
+                        Err(error) => warn!(error = &error as &dyn std::error::Error, "in-process webhook not settled"),
                     }
                 }
             }

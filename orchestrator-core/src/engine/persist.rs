@@ -16,7 +16,6 @@
 //! [`max_pending_store_retries`](crate::EngineConfig::max_pending_store_retries)
 //! wait at once.
 
-use std::fmt::Display;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -81,7 +80,7 @@ impl Inner {
         mut write: F,
     ) -> Option<T>
     where
-        E: Display,
+        E: std::error::Error + 'static,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -105,7 +104,11 @@ impl Inner {
                 Err(error) => error,
             };
             if !transient(&error) {
-                warn!(what, %error, "store write refused; not retried");
+                warn!(
+                    what,
+                    error = &error as &dyn std::error::Error,
+                    "store write refused; not retried"
+                );
                 return None;
             }
             failures += 1;
@@ -113,7 +116,7 @@ impl Inner {
             if now >= deadline {
                 metrics::counter!("orchestrator_store_retries_abandoned_total", "reason" => "lease")
                     .increment(1);
-                warn!(what, %error, tries = failures, "store write still failing when the attempt's lease ran out; the stale-lease path settles the attempt");
+                warn!(what, error = &error as &dyn std::error::Error, tries = failures, "store write still failing when the attempt's lease ran out; the stale-lease path settles the attempt");
                 return None;
             }
             if pending.is_none() {
@@ -121,12 +124,17 @@ impl Inner {
                 if pending.is_none() {
                     metrics::counter!("orchestrator_store_retries_abandoned_total", "reason" => "bound")
                         .increment(1);
-                    warn!(what, %error, max = self.config.max_pending_store_retries, "store write failed and too many are being retried; its attempt is left to its lease");
+                    warn!(what, error = &error as &dyn std::error::Error, max = self.config.max_pending_store_retries, "store write failed and too many are being retried; its attempt is left to its lease");
                     return None;
                 }
-                warn!(what, %error, "store write failed; retrying with back-off until it applies or the attempt's lease runs out");
+                warn!(what, error = &error as &dyn std::error::Error, "store write failed; retrying with back-off until it applies or the attempt's lease runs out");
             } else {
-                debug!(what, %error, tries = failures, "store write failed again");
+                debug!(
+                    what,
+                    error = &error as &dyn std::error::Error,
+                    tries = failures,
+                    "store write failed again"
+                );
             }
             metrics::counter!("orchestrator_store_retries_total").increment(1);
             let delay = match self.with_rng(|rng| self.store_retry.decide(failures, rng)) {

@@ -47,7 +47,10 @@ impl Inner {
                     tokio::task::yield_now().await;
                 }
                 Err(error) => {
-                    warn!(%error, "retention pass failed; the next pass tries again");
+                    warn!(
+                        error = &error as &dyn std::error::Error,
+                        "retention pass failed; the next pass tries again"
+                    );
                     break;
                 }
             }
