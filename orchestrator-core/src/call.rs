@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::input::{IdempotencyKey, Metadata, ScriptId};
+use crate::callback::CallbackStatus;
+use crate::input::{CallbackUrl, IdempotencyKey, Metadata, ScriptId};
 use crate::phone::PhoneNumber;
 
 /// A call's identifier: a UUID, version 7 (time-ordered) when we mint it.
@@ -48,7 +49,8 @@ impl FromStr for CallId {
 
 /// Where a call is in its life. Serialised in SCREAMING_SNAKE_CASE (`"IN_PROGRESS"`).
 ///
-/// `COMPLETED`, `FAILED` and `EXPIRED` are terminal: nothing changes a terminal call.
+/// `COMPLETED`, `FAILED`, `EXPIRED` and `CANCELED` are terminal: nothing
+/// changes a terminal call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -63,16 +65,19 @@ pub enum CallStatus {
     Failed,
     /// Not dialled before its `expiresAt`.
     Expired,
+    /// Canceled by a client: never dialled (again).
+    Canceled,
 }
 
 impl CallStatus {
     /// Every status, in life-cycle order.
-    pub const ALL: [CallStatus; 5] = [
+    pub const ALL: [CallStatus; 6] = [
         CallStatus::Pending,
         CallStatus::InProgress,
         CallStatus::Completed,
         CallStatus::Failed,
         CallStatus::Expired,
+        CallStatus::Canceled,
     ];
 
     /// The wire name, e.g. `"IN_PROGRESS"`.
@@ -84,6 +89,7 @@ impl CallStatus {
             CallStatus::Completed => "COMPLETED",
             CallStatus::Failed => "FAILED",
             CallStatus::Expired => "EXPIRED",
+            CallStatus::Canceled => "CANCELED",
         }
     }
 
@@ -92,7 +98,7 @@ impl CallStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            CallStatus::Completed | CallStatus::Failed | CallStatus::Expired
+            CallStatus::Completed | CallStatus::Failed | CallStatus::Expired | CallStatus::Canceled
         )
     }
 }
@@ -103,10 +109,10 @@ impl fmt::Display for CallStatus {
     }
 }
 
-/// The wire name was not one of the five statuses.
+/// The wire name was not one of the six statuses.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown call status {0:?}; expected one of PENDING, IN_PROGRESS, COMPLETED, FAILED, EXPIRED"
+    "unknown call status {0:?}; expected one of PENDING, IN_PROGRESS, COMPLETED, FAILED, EXPIRED, CANCELED"
 )]
 pub struct UnknownStatus(pub String);
 
@@ -175,6 +181,26 @@ pub struct Call {
     pub provider_call_id: Option<String>,
     /// Call duration reported by the provider's webhook, in seconds.
     pub duration_sec: Option<u32>,
+    /// The call this one retries (`POST /calls/{id}/retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<CallId>,
+    /// When a client asked to cancel the call while it was `IN_PROGRESS`:
+    /// it is never dialled again, and ends `CANCELED` unless the provider
+    /// reports it `COMPLETED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The reason given with the cancel request; becomes `lastError` when
+    /// the call ends `CANCELED` (default `"canceled"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    /// Where the call's terminal event is POSTed, when anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
+    pub callback_url: Option<CallbackUrl>,
+    /// The delivery of the terminal event to `callbackUrl`; present exactly
+    /// when `callbackUrl` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackStatus>,
 }
 
 impl Call {
@@ -196,6 +222,11 @@ impl Call {
             lease_expires_at: None,
             provider_call_id: None,
             duration_sec: None,
+            retry_of: new.retry_of,
+            cancel_requested_at: None,
+            cancel_reason: None,
+            callback_url: new.callback_url.clone(),
+            callback: new.callback_url.as_ref().map(|_| CallbackStatus::default()),
         }
     }
 
@@ -230,6 +261,10 @@ pub struct NewCall {
     pub expires_at: Option<DateTime<Utc>>,
     /// Client-chosen key; creating again with the same key returns the first call.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Where to POST the call's terminal event.
+    pub callback_url: Option<CallbackUrl>,
+    /// The call this one retries; set by [`Engine::retry_call`](crate::Engine::retry_call).
+    pub retry_of: Option<CallId>,
 }
 
 impl NewCall {
@@ -245,33 +280,59 @@ impl NewCall {
             not_before: None,
             expires_at: None,
             idempotency_key: None,
+            callback_url: None,
+            retry_of: None,
         }
     }
 }
 
-/// A partial update of a `PENDING` call's payload; `None` leaves a field as it is.
+/// A partial update of a `PENDING` call: its payload and its schedule.
+/// `None` leaves a field as it is; for `notBefore` and `expiresAt`,
+/// `Some(None)` clears the field (the JSON `null`).
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct PayloadPatch {
+pub struct CallPatch {
     /// New callee.
     pub to: Option<PhoneNumber>,
     /// New script.
     pub script_id: Option<ScriptId>,
     /// New metadata (replaces the old value whole).
     pub metadata: Option<Metadata>,
+    /// New `notBefore`, or `Some(None)` to dial as soon as possible.
+    #[allow(clippy::option_option)] // absent, null and a value are three requests
+    pub not_before: Option<Option<DateTime<Utc>>>,
+    /// New `expiresAt`, or `Some(None)` for no deadline.
+    #[allow(clippy::option_option)]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
-impl PayloadPatch {
-    /// `payload` with this patch applied.
+impl CallPatch {
+    /// Whether the patch changes `notBefore` or `expiresAt`.
     #[must_use]
-    pub fn apply_to(&self, payload: &CallPayload) -> CallPayload {
-        CallPayload {
-            to: self.to.clone().unwrap_or_else(|| payload.to.clone()),
-            script_id: self
-                .script_id
-                .clone()
-                .unwrap_or_else(|| payload.script_id.clone()),
-            metadata: self.metadata.clone().or_else(|| payload.metadata.clone()),
+    pub fn reschedules(&self) -> bool {
+        self.not_before.is_some() || self.expires_at.is_some()
+    }
+
+    /// `call` with this patch applied (status and every other field as
+    /// they are). Timestamps are truncated to microseconds, as at creation.
+    #[must_use]
+    pub fn apply_to(&self, call: &Call) -> Call {
+        let mut next = call.clone();
+        if let Some(to) = &self.to {
+            next.payload.to = to.clone();
         }
+        if let Some(script_id) = &self.script_id {
+            next.payload.script_id = script_id.clone();
+        }
+        if let Some(metadata) = &self.metadata {
+            next.payload.metadata = Some(metadata.clone());
+        }
+        if let Some(not_before) = self.not_before {
+            next.not_before = not_before.map(crate::clock::truncate_to_micros);
+        }
+        if let Some(expires_at) = self.expires_at {
+            next.expires_at = expires_at.map(crate::clock::truncate_to_micros);
+        }
+        next
     }
 }
 

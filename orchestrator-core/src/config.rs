@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::input::CallbackUrl;
 use crate::provider::ReportedStatus;
 use crate::retry::RetryPolicy;
 
@@ -117,6 +118,19 @@ pub struct EngineConfig {
     /// the store, in small batches, every few seconds (`RETENTION_SECONDS`);
     /// `None` (the default) keeps every call.
     pub retention: Option<Duration>,
+    /// The `callbackUrl` of calls created without one (`CALLBACK_URL`);
+    /// `None` (the default): only calls that name one get callbacks.
+    pub default_callback_url: Option<CallbackUrl>,
+    /// Back-off between tries of a callback delivery, and how many tries in
+    /// all (`CALLBACK_MAX_ATTEMPTS`, default 10; delays from 5 s doubling up
+    /// to 1 h, shortened by up to half at random).
+    pub callback_retry: RetryPolicy,
+    /// How long one try of a delivery may hold it before another worker may
+    /// take it over (default 60 s). Longer than the sender's timeout, so a
+    /// live try is never sent twice at once.
+    pub callback_lease: Duration,
+    /// Most deliveries one engine sends at once (default 16).
+    pub callback_concurrency: usize,
 }
 
 impl Default for EngineConfig {
@@ -136,6 +150,16 @@ impl Default for EngineConfig {
             store_retry_max: Duration::from_secs(5),
             max_pending_store_retries: 10_000,
             retention: None,
+            default_callback_url: None,
+            callback_retry: RetryPolicy::new(
+                Duration::from_secs(5),
+                Duration::from_secs(3600),
+                10,
+                0.5,
+            )
+            .unwrap_or_default(),
+            callback_lease: Duration::from_secs(60),
+            callback_concurrency: 16,
         }
     }
 }
@@ -247,12 +271,41 @@ impl EngineConfig {
         self
     }
 
+    /// This configuration giving calls created without a `callbackUrl` this one.
+    #[must_use]
+    pub fn with_default_callback_url(mut self, url: Option<CallbackUrl>) -> Self {
+        self.default_callback_url = url;
+        self
+    }
+
+    /// This configuration with another back-off and number of tries for
+    /// callback deliveries.
+    #[must_use]
+    pub fn with_callback_retry(mut self, retry: RetryPolicy) -> Self {
+        self.callback_retry = retry;
+        self
+    }
+
+    /// This configuration with another lease for one try of a delivery (positive).
+    #[must_use]
+    pub fn with_callback_lease(mut self, lease: Duration) -> Self {
+        self.callback_lease = lease;
+        self
+    }
+
+    /// This configuration sending at most `concurrency` deliveries at once (at least 1).
+    #[must_use]
+    pub fn with_callback_concurrency(mut self, concurrency: usize) -> Self {
+        self.callback_concurrency = concurrency;
+        self
+    }
+
     /// Checks every bound.
     ///
     /// # Errors
     /// [`ConfigError`] naming the first field out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &'static str, &'static str); 9] = [
+        let checks: [(bool, &'static str, &'static str); 11] = [
             (
                 self.max_concurrent_calls > 0,
                 "max_concurrent_calls",
@@ -290,6 +343,16 @@ impl EngineConfig {
                     .is_none_or(|retention| retention > Duration::ZERO),
                 "retention",
                 "must be positive",
+            ),
+            (
+                self.callback_lease > Duration::ZERO,
+                "callback_lease",
+                "must be positive",
+            ),
+            (
+                self.callback_concurrency > 0,
+                "callback_concurrency",
+                "must be at least 1",
             ),
         ];
         match checks.into_iter().find(|(ok, _, _)| !ok) {
@@ -390,10 +453,14 @@ mod tests {
             .with_shutdown_grace(Duration::from_secs(65))
             .with_store_retry(Duration::from_millis(66), Duration::from_secs(67))
             .with_max_pending_store_retries(68)
-            .with_retention(Some(Duration::from_secs(69)));
+            .with_retention(Some(Duration::from_secs(69)))
+            .with_default_callback_url(Some(CallbackUrl::parse("https://example.com/cb").unwrap()))
+            .with_callback_retry(retry.clone())
+            .with_callback_lease(Duration::from_secs(70))
+            .with_callback_concurrency(71);
         let expected = EngineConfig {
             max_concurrent_calls: 7,
-            retry,
+            retry: retry.clone(),
             lease: Duration::from_secs(61),
             pending_ttl: Some(Duration::from_secs(62)),
             capacity_retry_after: Duration::from_secs(63),
@@ -406,6 +473,10 @@ mod tests {
             store_retry_max: Duration::from_secs(67),
             max_pending_store_retries: 68,
             retention: Some(Duration::from_secs(69)),
+            default_callback_url: Some(CallbackUrl::parse("https://example.com/cb").unwrap()),
+            callback_retry: retry,
+            callback_lease: Duration::from_secs(70),
+            callback_concurrency: 71,
         };
         assert_eq!(config, expected);
     }

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
+use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, CallPatch};
 use crate::clock;
 use crate::input::{IdempotencyKey, Metadata, ScriptId};
 use crate::phone::PhoneNumber;
-use crate::store::{ClaimRequest, ListQuery, Settled, Settlement, Store, StoreError};
+use crate::store::{ClaimRequest, ListFilter, ListQuery, Settled, Settlement, Store, StoreError};
 
 /// Emits one `#[tokio::test]` per conformance behaviour. `$new_store` is an
 /// `async fn() -> Arc<dyn Store>` (or a path to one) returning a fresh, empty store.
@@ -222,20 +222,20 @@ pub async fn idempotency_key_returns_the_first_call(store: Arc<dyn Store>) {
 /// The payload can be patched while PENDING; afterwards it is a `Conflict`.
 pub async fn update_payload_only_while_pending(store: Arc<dyn Store>) {
     let call = create(&*store, 1, t(0)).await;
-    let patch = PayloadPatch {
+    let patch = CallPatch {
         script_id: Some(script("reminderFlow")),
-        ..PayloadPatch::default()
+        ..CallPatch::default()
     };
-    let updated = store.update_payload(call.id, &patch).await.expect("patch");
+    let updated = store.update(call.id, &patch, t(1)).await.expect("patch");
     assert_eq!(updated.payload.script_id, "reminderFlow");
     assert_eq!(updated.payload.to, call.payload.to);
     assert_eq!(updated.payload.metadata, call.payload.metadata);
-    let patch = PayloadPatch {
+    let patch = CallPatch {
         to: Some(number(2)),
         metadata: Some(metadata(serde_json::json!({"k": "v"}))),
-        ..PayloadPatch::default()
+        ..CallPatch::default()
     };
-    let updated = store.update_payload(call.id, &patch).await.expect("patch");
+    let updated = store.update(call.id, &patch, t(1)).await.expect("patch");
     assert_eq!(updated.payload.to, number(2));
     assert_eq!(updated.payload.script_id, "reminderFlow");
     assert_eq!(
@@ -246,12 +246,12 @@ pub async fn update_payload_only_while_pending(store: Arc<dyn Store>) {
 
     claim(&*store, t(1), 10, 10).await;
     let error = store
-        .update_payload(call.id, &patch)
+        .update(call.id, &patch, t(1))
         .await
         .expect_err("in progress");
     assert!(matches!(error, StoreError::Conflict { .. }), "{error:?}");
     let error = store
-        .update_payload(CallId::new_v7(t(0)), &patch)
+        .update(CallId::new_v7(t(0)), &patch, t(1))
         .await
         .expect_err("unknown");
     assert!(matches!(error, StoreError::NotFound(_)), "{error:?}");
@@ -264,7 +264,7 @@ pub async fn list_is_newest_first_and_paginated(store: Arc<dyn Store>) {
         created.push(create(&*store, n, t(i64::from(n))).await.id);
     }
     created.reverse();
-    let page = |page| ListQuery::new(None, Some(page), Some(2)).expect("valid query");
+    let page = |page| ListQuery::new(ListFilter::default(), Some(page), Some(2)).expect("valid query");
     let mut seen = Vec::new();
     for number in 1..=3 {
         let listed = store.list(&page(number)).await.expect("list");
@@ -287,13 +287,13 @@ pub async fn list_filters_by_status(store: Arc<dyn Store>) {
     }
     let claimed = claim(&*store, t(10), 10, 1).await;
     let in_progress = store
-        .list(&ListQuery::new(Some(CallStatus::InProgress), None, Some(10)).expect("valid query"))
+        .list(&ListQuery::new(ListFilter { status: Some(CallStatus::InProgress), ..ListFilter::default() }, None, Some(10)).expect("valid query"))
         .await
         .expect("list");
     assert_eq!(ids(&in_progress.items), ids(&claimed));
     assert_eq!(in_progress.total, 1);
     let pending = store
-        .list(&ListQuery::new(Some(CallStatus::Pending), None, Some(10)).expect("valid query"))
+        .list(&ListQuery::new(ListFilter { status: Some(CallStatus::Pending), ..ListFilter::default() }, None, Some(10)).expect("valid query"))
         .await
         .expect("list");
     assert_eq!(pending.total, 3);
@@ -302,7 +302,7 @@ pub async fn list_filters_by_status(store: Arc<dyn Store>) {
         .iter()
         .all(|call| call.status == CallStatus::Pending));
     let none = store
-        .list(&ListQuery::new(Some(CallStatus::Expired), None, Some(10)).expect("valid query"))
+        .list(&ListQuery::new(ListFilter { status: Some(CallStatus::Expired), ..ListFilter::default() }, None, Some(10)).expect("valid query"))
         .await
         .expect("list");
     assert_eq!((none.items.len(), none.total), (0, 0));
@@ -436,6 +436,7 @@ pub async fn claim_waits_for_not_before_and_back_off(store: Arc<dyn Store>) {
         claimed[0].current_attempt(),
         Settlement::Retry {
             error: "provider 503".into(),
+            at: t(2),
             retry_at: t(50),
         },
     )
@@ -526,6 +527,7 @@ pub async fn settle_applies_only_to_the_current_attempt(store: Arc<dyn Store>) {
         first,
         Settlement::Retry {
             error: "provider 503".into(),
+            at: t(1),
             retry_at: t(2),
         },
     )
@@ -577,7 +579,7 @@ pub async fn settle_is_idempotent_and_terminal_calls_are_final(store: Arc<dyn St
     );
     assert!(claim(&*store, t(10_000), 30, 30).await.is_empty());
     let error = store
-        .update_payload(call.id, &PayloadPatch::default())
+        .update(call.id, &CallPatch::default(), t(1))
         .await
         .expect_err("terminal");
     assert!(matches!(error, StoreError::Conflict { .. }), "{error:?}");
@@ -591,6 +593,7 @@ pub async fn settle_retry_requeues_with_back_off(store: Arc<dyn Store>) {
     let attempt = claim(&*store, t(1), 30, 30).await[0].current_attempt();
     let retry = Settlement::Retry {
         error: "provider 503".into(),
+        at: t(1),
         retry_at: t(31),
     };
     let Settled::Applied(call) = settle(&*store, attempt, retry).await else {
@@ -609,7 +612,7 @@ pub async fn settle_capacity_gives_the_attempt_back(store: Arc<dyn Store>) {
     create(&*store, 1, t(0)).await;
     let attempt = claim(&*store, t(1), 30, 30).await[0].current_attempt();
     let Settled::Applied(call) =
-        settle(&*store, attempt, Settlement::Capacity { retry_at: t(6) }).await
+        settle(&*store, attempt, Settlement::Capacity { at: t(2), retry_at: t(6) }).await
     else {
         panic!("capacity must apply");
     };
@@ -658,7 +661,7 @@ pub async fn settle_unknown_call_is_not_found(store: Arc<dyn Store>) {
 pub async fn record_dial_maps_provider_ids_to_attempts(store: Arc<dyn Store>) {
     create(&*store, 1, t(0)).await;
     let first = claim(&*store, t(1), 30, 30).await[0].current_attempt();
-    assert!(store.record_dial(first, "prov-1").await.expect("record"));
+    assert!(store.record_dial(first, "prov-1").await.expect("record").is_some());
     assert_eq!(
         store
             .get(first.call_id)
@@ -673,12 +676,13 @@ pub async fn record_dial_maps_provider_ids_to_attempts(store: Arc<dyn Store>) {
         first,
         Settlement::Retry {
             error: "webhook timeout".into(),
+            at: t(1),
             retry_at: t(2),
         },
     )
     .await;
     let second = claim(&*store, t(2), 30, 30).await[0].current_attempt();
-    assert!(store.record_dial(second, "prov-2").await.expect("record"));
+    assert!(store.record_dial(second, "prov-2").await.expect("record").is_some());
     assert_eq!(
         store.find_attempt("prov-1").await.expect("find"),
         Some(first)
@@ -688,10 +692,11 @@ pub async fn record_dial_maps_provider_ids_to_attempts(store: Arc<dyn Store>) {
         Some(second)
     );
     assert_eq!(store.find_attempt("prov-3").await.expect("find"), None);
-    assert!(!store
+    assert!(store
         .record_dial(first, "prov-1b")
         .await
-        .expect("old attempt"));
+        .expect("old attempt")
+        .is_none());
     assert_eq!(
         store
             .get(first.call_id)
@@ -710,7 +715,7 @@ pub async fn record_dial_of_an_undialled_attempt_changes_nothing(store: Arc<dyn 
         call_id: call.id,
         attempt: 1,
     };
-    assert!(!store.record_dial(attempt, "prov-x").await.expect("record"));
+    assert!(store.record_dial(attempt, "prov-x").await.expect("record").is_none());
     assert_eq!(store.find_attempt("prov-x").await.expect("find"), None);
     assert_eq!(store.get(call.id).await.expect("get"), call);
     let unknown = AttemptRef {
@@ -755,7 +760,7 @@ pub async fn expire_due_expires_only_pending_calls_past_their_deadline(store: Ar
             settle(
                 &*store,
                 call.current_attempt(),
-                Settlement::Capacity { retry_at: t(1) },
+                Settlement::Capacity { at: t(0), retry_at: t(1) },
             )
             .await;
         }
@@ -890,7 +895,8 @@ async fn ended_call(
     assert!(store
         .record_dial(attempt, &format!("prov-{n}"))
         .await
-        .expect("record"));
+        .expect("record")
+        .is_some());
     let Settled::Applied(call) = settle(store, attempt, settlement).await else {
         panic!("the settlement applies");
     };

@@ -354,6 +354,83 @@ impl<'de> Deserialize<'de> for IdempotencyKey {
     }
 }
 
+/// Where a call's terminal event is POSTed: an absolute `http` or `https`
+/// URL, at most [`CallbackUrl::MAX_LEN`] bytes, with a host and without
+/// credentials (`user:password@`), which would end up in logs. Kept as
+/// given. Serialises as a JSON string.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CallbackUrl(String);
+
+impl CallbackUrl {
+    /// The wire name of the field.
+    pub const FIELD: &'static str = "callbackUrl";
+    /// Longest URL, in bytes (what browsers and proxies reliably carry).
+    pub const MAX_LEN: usize = 2048;
+
+    /// Checks `raw` and keeps it as it is.
+    ///
+    /// # Errors
+    /// [`Invalid`] naming `callbackUrl` when `raw` is longer than
+    /// [`CallbackUrl::MAX_LEN`], is not an absolute URL (WHATWG URL
+    /// Standard, via the `url` crate), is not `http` or `https`, has no host,
+    /// or carries credentials.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, Invalid> {
+        let raw = raw.into();
+        if raw.len() > Self::MAX_LEN {
+            return Err(Invalid::new(
+                Self::FIELD,
+                format!("must be at most {} bytes", Self::MAX_LEN),
+            ));
+        }
+        let parsed = url::Url::parse(&raw)
+            .map_err(|error| Invalid::new(Self::FIELD, format!("is not a URL: {error}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(Invalid::new(Self::FIELD, "must be an http or https URL"));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(Invalid::new(Self::FIELD, "must name a host"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(Invalid::new(Self::FIELD, "must not carry credentials"));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The URL as given.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallbackUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for CallbackUrl {
+    type Error = Invalid;
+    fn try_from(raw: String) -> Result<Self, Invalid> {
+        Self::parse(raw)
+    }
+}
+
+impl std::str::FromStr for CallbackUrl {
+    type Err = Invalid;
+    fn from_str(raw: &str) -> Result<Self, Invalid> {
+        Self::parse(raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for CallbackUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(raw).map_err(|invalid| serde::de::Error::custom(invalid.message))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

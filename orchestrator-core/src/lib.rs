@@ -5,7 +5,10 @@
 //! calls with at most one call in flight per phone number, learns outcomes from
 //! webhooks, and retries failures with exponential back-off.
 //!
-//! - [`call`]: the [`Call`] record; [`state`]: its state machine.
+//! - [`call`]: the [`Call`] record; [`state`]: its state machine;
+//!   [`attempt`]: the history of its dials.
+//! - [`event`]: the event log, one [`Event`] per change of status;
+//!   [`callback`]: delivering terminal events to clients' callback URLs.
 //! - [`input`], [`phone`]: what clients send, as types that hold only valid
 //!   values ([`ScriptId`], [`Metadata`], [`IdempotencyKey`], [`PhoneNumber`]);
 //!   [`validate`]: the rules between fields.
@@ -44,12 +47,17 @@
 //! # }
 //! ```
 
+pub mod attempt;
 pub mod call;
+pub mod callback;
 pub mod clock;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod engine;
+pub mod event;
+#[cfg(feature = "conformance")]
+pub mod hooked;
 pub mod input;
 pub mod memory;
 pub mod phone;
@@ -60,22 +68,28 @@ pub mod state;
 pub mod store;
 pub mod validate;
 
-pub use call::{AttemptRef, Call, CallId, CallPayload, CallStatus, NewCall, PayloadPatch};
+pub use attempt::{Attempt, AttemptOutcome};
+pub use call::{AttemptRef, Call, CallId, CallPatch, CallPayload, CallStatus, NewCall};
+pub use callback::{
+    CallbackError, CallbackSender, CallbackState, CallbackStatus, Delivery, DeliveryClaim,
+    DeliveryOutcome, DeliveryRef,
+};
+pub use event::{Event, EventFilter, EventId, EventType};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{ConfigError, EngineConfig, RedialPolicy};
 pub use engine::{Engine, EngineBuilder, EngineError, EngineHandle, WebhookOutcome};
-pub use input::{IdempotencyKey, Metadata, ScriptId};
+pub use input::{CallbackUrl, IdempotencyKey, Metadata, ScriptId};
 pub use memory::MemoryStore;
 pub use phone::PhoneNumber;
 pub use provider::{
-    DialError, DialRequest, Dialled, Provider, ReportedStatus, StatusReport, WebhookDelivery,
+    DialError, DialRequest, Dialled, HangUpError, Provider, ReportedStatus, StatusReport, WebhookDelivery,
     WebhookSink,
 };
 pub use retry::{RetryDecision, RetryPolicy, RetryPolicyError};
 pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig, StartedCall};
 pub use state::TransitionError;
 pub use store::{
-    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
+    Canceled, ClaimRequest, Created, ListFilter, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
 };
 pub use validate::Invalid;
 

@@ -19,14 +19,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
+use crate::attempt::Attempt;
+use crate::call::{AttemptRef, Call, CallId, CallPatch, CallStatus, NewCall};
+use crate::callback::{
+    CallbackState, CallbackStatus, Delivery, DeliveryClaim, DeliveryOutcome, DeliveryRef,
+};
 use crate::clock;
-use crate::input::IdempotencyKey;
+use crate::event::{Event, EventId};
+use crate::input::{CallbackUrl, IdempotencyKey};
 use crate::phone::PhoneNumber;
 use crate::state::{transition, CallEvent};
 use crate::store::{
-    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
+    Canceled, ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, Store,
+    StoreError,
 };
+use crate::validate::validate_schedule;
 
 /// An instant and a call: ordered by the instant, then the id.
 type Key = (DateTime<Utc>, CallId);
@@ -44,12 +51,45 @@ struct Queue {
     head: Option<Key>,
 }
 
+/// The outbox entry of one terminal event.
+struct DeliveryRow {
+    call_id: CallId,
+    url: CallbackUrl,
+    state: CallbackState,
+    attempts: u32,
+    last_error: Option<String>,
+    /// While `PENDING`: when it is next due (its retry time, or its lease's
+    /// end while a try holds it); its key in [`State::deliveries_due`].
+    due: Option<DateTime<Utc>>,
+}
+
+impl DeliveryRow {
+    fn status(&self) -> CallbackStatus {
+        CallbackStatus {
+            state: self.state,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
 struct State {
     calls: HashMap<CallId, Call>,
+    /// Every call to each number, ordered by (creation time, id): listing by `to`.
+    by_number: HashMap<PhoneNumber, BTreeSet<Key>>,
+    /// The event log, by id; ids are drawn under the lock, so in commit order.
+    events: BTreeMap<EventId, Event>,
+    last_event: u64,
+    events_of: HashMap<CallId, Vec<EventId>>,
+    /// Every dial of each call, in dial order.
+    attempts_of: HashMap<CallId, Vec<Attempt>>,
+    /// The outbox, by event id, and its `PENDING` entries by due time.
+    deliveries: HashMap<EventId, DeliveryRow>,
+    deliveries_due: BTreeSet<(DateTime<Utc>, EventId)>,
     /// Every call, ordered by (creation time, id): listing without a filter.
     all: BTreeSet<Key>,
     /// Per status, the calls ordered by (creation time, id).
-    by_status: [BTreeSet<Key>; 5],
+    by_status: [BTreeSet<Key>; 6],
     /// PENDING calls by due time, by expiry, and IN_PROGRESS calls by lease
     /// end: the timers, so rounds never scan every call.
     pending_due: BTreeSet<Key>,
@@ -81,6 +121,13 @@ impl Default for State {
     fn default() -> Self {
         Self {
             calls: HashMap::new(),
+            by_number: HashMap::new(),
+            events: BTreeMap::new(),
+            last_event: 0,
+            events_of: HashMap::new(),
+            attempts_of: HashMap::new(),
+            deliveries: HashMap::new(),
+            deliveries_due: BTreeSet::new(),
             all: BTreeSet::new(),
             by_status: Default::default(),
             pending_due: BTreeSet::new(),
@@ -114,6 +161,10 @@ impl State {
         }
         let key = (call.created_at, call.id);
         self.all.insert(key);
+        self.by_number
+            .entry(call.payload.to.clone())
+            .or_default()
+            .insert(key);
         self.by_status[slot(call.status)].insert(key);
         match call.status {
             CallStatus::Pending => {
@@ -132,7 +183,10 @@ impl State {
                     self.leases.insert((at, call.id));
                 }
             }
-            CallStatus::Completed | CallStatus::Failed | CallStatus::Expired => {
+            CallStatus::Completed
+            | CallStatus::Failed
+            | CallStatus::Expired
+            | CallStatus::Canceled => {
                 if let Some(at) = call.ended_at {
                     self.ended.insert((at, call.id));
                 }
@@ -145,6 +199,12 @@ impl State {
     fn unindex(&mut self, old: &Call) {
         let key = (old.created_at, old.id);
         self.all.remove(&key);
+        if let Some(calls) = self.by_number.get_mut(&old.payload.to) {
+            calls.remove(&key);
+            if calls.is_empty() {
+                self.by_number.remove(&old.payload.to);
+            }
+        }
         self.by_status[slot(old.status)].remove(&key);
         self.pending_due.remove(&(old.due_at(), old.id));
         if let Some(at) = old.expires_at {
@@ -266,6 +326,15 @@ impl State {
         if let Some(key) = self.key_of.remove(&id) {
             self.idempotency_keys.remove(&key);
         }
+        self.attempts_of.remove(&id);
+        for event_id in self.events_of.remove(&id).unwrap_or_default() {
+            self.events.remove(&event_id);
+            if let Some(row) = self.deliveries.remove(&event_id) {
+                if let Some(due) = row.due {
+                    self.deliveries_due.remove(&(due, event_id));
+                }
+            }
+        }
         for provider_call_id in self.provider_ids_of.remove(&id).unwrap_or_default() {
             if self
                 .provider_ids
@@ -289,11 +358,60 @@ impl State {
         self.calls.get(&id).ok_or(StoreError::NotFound(id))
     }
 
-    fn apply(&mut self, id: CallId, event: CallEvent) -> Result<Call, StoreError> {
-        let next = transition(self.get(id)?, event)
-            .map_err(|source| StoreError::Conflict { id, source })?;
+    /// Applies `event` at `at` and logs the change of status, if any.
+    fn apply(&mut self, id: CallId, event: CallEvent, at: DateTime<Utc>) -> Result<Call, StoreError> {
+        let before = self.get(id)?;
+        let from = before.status;
+        let next = transition(before, event).map_err(|source| StoreError::Conflict { id, source })?;
         self.put(next.clone());
+        self.log(Some(from), &next, at);
         Ok(next)
+    }
+
+    /// Appends the event of `call`'s change from `from` at `at`, if its
+    /// status changed, and the delivery of a terminal event to its callback URL.
+    fn log(&mut self, from: Option<CallStatus>, call: &Call, at: DateTime<Utc>) {
+        let Some(mut event) = Event::of_change(from, call, at) else {
+            return;
+        };
+        self.last_event += 1;
+        let id = EventId(self.last_event);
+        event.id = id;
+        self.events_of.entry(call.id).or_default().push(id);
+        if let (true, Some(url)) = (event.kind.is_terminal(), &call.callback_url) {
+            self.deliveries.insert(
+                id,
+                DeliveryRow {
+                    call_id: call.id,
+                    url: url.clone(),
+                    state: CallbackState::Pending,
+                    attempts: 0,
+                    last_error: None,
+                    due: Some(at),
+                },
+            );
+            self.deliveries_due.insert((at, id));
+        }
+        self.events.insert(id, event);
+    }
+
+    /// Moves delivery `id`'s due time (`None`: no longer due), keeping the
+    /// index true, and shows its state on its call.
+    fn update_delivery(&mut self, id: EventId, change: impl FnOnce(&mut DeliveryRow)) {
+        let Some(row) = self.deliveries.get_mut(&id) else {
+            return;
+        };
+        if let Some(due) = row.due {
+            self.deliveries_due.remove(&(due, id));
+        }
+        change(row);
+        if let Some(due) = row.due {
+            self.deliveries_due.insert((due, id));
+        }
+        let status = row.status();
+        if let Some(call) = self.calls.get_mut(&row.call_id) {
+            call.callback = Some(status);
+        }
     }
 
     fn in_progress(&self) -> usize {
@@ -305,6 +423,7 @@ impl State {
 pub struct MemoryStore {
     state: Mutex<State>,
     changes: watch::Sender<u64>,
+    events: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -329,6 +448,7 @@ impl MemoryStore {
         Self {
             state: Mutex::new(State::default()),
             changes: watch::Sender::new(0),
+            events: watch::Sender::new(0),
         }
     }
 
@@ -340,6 +460,21 @@ impl MemoryStore {
 
     fn bump(&self) {
         self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// Runs `change` under the lock, then tells event readers when it
+    /// appended events (after the lock is released, so they can read them).
+    fn logged<T>(&self, change: impl FnOnce(&mut State) -> T) -> T {
+        let (value, appended) = {
+            let mut state = self.lock();
+            let before = state.last_event;
+            let value = change(&mut state);
+            (value, state.last_event != before)
+        };
+        if appended {
+            self.events.send_modify(|generation| *generation += 1);
+        }
+        value
     }
 
     /// Every call, ordered by id: for tests and simulations that check invariants.
@@ -360,23 +495,26 @@ impl Store for MemoryStore {
         new: &NewCall,
         now: DateTime<Utc>,
     ) -> Result<Created, StoreError> {
-        let call = {
-            let mut state = self.lock();
+        let now = clock::truncate_to_micros(now);
+        let (call, created) = self.logged(|state| {
             if let Some(key) = &new.idempotency_key {
                 if let Some(first) = state.idempotency_keys.get(key) {
-                    let call = state.get(*first)?.clone();
-                    return Ok(Created {
-                        call,
-                        created: false,
-                    });
+                    return Ok((state.get(*first)?.clone(), false));
                 }
                 state.idempotency_keys.insert(key.clone(), id);
                 state.key_of.insert(id, key.clone());
             }
-            let call = Call::new(id, new, clock::truncate_to_micros(now));
+            let call = Call::new(id, new, now);
             state.put(call.clone());
-            call
-        };
+            state.log(None, &call, now);
+            Ok::<_, StoreError>((call, true))
+        })?;
+        if !created {
+            return Ok(Created {
+                call,
+                created: false,
+            });
+        }
         // The copy taken under the lock: once the lock is released, a running
         // dispatcher may claim the call, and the caller must still see it as
         // it was created.
@@ -391,26 +529,84 @@ impl Store for MemoryStore {
         self.lock().get(id).cloned()
     }
 
-    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
+    async fn update(
+        &self,
+        id: CallId,
+        patch: &CallPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Call, StoreError> {
         let mut state = self.lock();
-        let payload = patch.apply_to(&state.get(id)?.payload);
-        state.apply(id, CallEvent::UpdatePayload(payload))
+        let next = transition(state.get(id)?, CallEvent::Update(patch.clone()))
+            .map_err(|source| StoreError::Conflict { id, source })?;
+        validate_schedule(&next, patch, now).map_err(StoreError::Invalid)?;
+        state.put(next.clone());
+        drop(state);
+        if patch.reschedules() {
+            // An earlier `notBefore` may make the call due now.
+            self.bump();
+        }
+        Ok(next)
+    }
+
+    async fn cancel(
+        &self,
+        id: CallId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Canceled, StoreError> {
+        let now = clock::truncate_to_micros(now);
+        self.logged(|state| {
+            let call = state.get(id)?;
+            let was = call.status;
+            if was == CallStatus::Canceled {
+                return Ok(Canceled::AlreadyCanceled(call.clone()));
+            }
+            let event = CallEvent::Cancel {
+                at: now,
+                reason: reason.to_owned(),
+            };
+            let call = state.apply(id, event, now)?;
+            Ok(if was == CallStatus::Pending {
+                Canceled::Canceled(call)
+            } else {
+                Canceled::Requested(call)
+            })
+        })
+    }
+
+    async fn attempts(&self, id: CallId) -> Result<Vec<Attempt>, StoreError> {
+        let state = self.lock();
+        state.get(id)?;
+        Ok(state.attempts_of.get(&id).cloned().unwrap_or_default())
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
         let state = self.lock();
         let offset = usize::try_from(query.offset()).unwrap_or(usize::MAX);
         let size = query.page_size() as usize;
-        let (items, total) = match query.status() {
-            Some(status) => {
-                let index = &state.by_status[slot(status)];
-                let items = index.iter().rev().skip(offset).take(size);
-                (collect(&state, items), index.len())
-            }
-            None => {
-                let items = state.all.iter().rev().skip(offset).take(size);
-                (collect(&state, items), state.all.len())
-            }
+        let filter = query.filter();
+        // The narrowest index that holds every match, newest first.
+        let empty = BTreeSet::new();
+        let index = match (&filter.to, filter.status) {
+            (Some(to), _) => state.by_number.get(to).unwrap_or(&empty),
+            (None, Some(status)) => &state.by_status[slot(status)],
+            (None, None) => &state.all,
+        };
+        let only_index = filter.to.is_none()
+            && filter.script_id.is_none()
+            && filter.created_from.is_none()
+            && filter.created_to.is_none();
+        let (items, total) = if only_index {
+            let items = index.iter().rev().skip(offset).take(size);
+            (collect(&state, items), index.len())
+        } else {
+            let mut matching = index
+                .iter()
+                .rev()
+                .filter(|(_, id)| filter.matches(&state.calls[id]));
+            let items = collect(&state, matching.by_ref().skip(offset).take(size));
+            let seen = offset.saturating_add(items.len());
+            (items, seen + matching.count())
         };
         Ok(Page {
             items,
@@ -440,29 +636,43 @@ impl Store for MemoryStore {
         state.promote(now);
         let chosen = state.claimable(now, want);
         let lease_until = clock::add(now, request.lease);
-        chosen
+        let before = state.last_event;
+        let claimed: Result<Vec<Call>, StoreError> = chosen
             .into_iter()
             .map(|id| {
-                state.apply(
+                let call = state.apply(
                     id,
                     CallEvent::Claim {
                         at: now,
                         lease_until,
                     },
-                )
+                    now,
+                )?;
+                state
+                    .attempts_of
+                    .entry(id)
+                    .or_default()
+                    .push(Attempt::started(call.attempts, now));
+                Ok(call)
             })
-            .collect()
+            .collect();
+        let appended = state.last_event != before;
+        drop(state);
+        if appended {
+            self.events.send_modify(|generation| *generation += 1);
+        }
+        claimed
     }
 
     async fn record_dial(
         &self,
         attempt: AttemptRef,
         provider_call_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Call>, StoreError> {
         let mut state = self.lock();
         let call = state.get(attempt.call_id)?;
         if attempt.attempt == 0 || attempt.attempt > call.attempts {
-            return Ok(false);
+            return Ok(None);
         }
         let current = call.status == CallStatus::InProgress && call.attempts == attempt.attempt;
         state
@@ -472,15 +682,23 @@ impl Store for MemoryStore {
         if !recorded.iter().any(|id| id == provider_call_id) {
             recorded.push(provider_call_id.to_owned());
         }
-        if current {
-            state.apply(
-                attempt.call_id,
-                CallEvent::Accept {
-                    provider_call_id: provider_call_id.to_owned(),
-                },
-            )?;
+        // The history row of that attempt number's latest dial.
+        if let Some(dial) = state
+            .attempts_of
+            .get_mut(&attempt.call_id)
+            .and_then(|dials| dials.iter_mut().rev().find(|dial| dial.attempt == attempt.attempt))
+        {
+            dial.provider_call_id = Some(provider_call_id.to_owned());
         }
-        Ok(current)
+        if !current {
+            return Ok(None);
+        }
+        let accept = CallEvent::Accept {
+            provider_call_id: provider_call_id.to_owned(),
+        };
+        // No change of status, so no event: `at` is not used.
+        let at = call_started(state.get(attempt.call_id)?);
+        state.apply(attempt.call_id, accept, at).map(Some)
     }
 
     async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
@@ -492,30 +710,44 @@ impl Store for MemoryStore {
         attempt: AttemptRef,
         settlement: Settlement,
     ) -> Result<Settled, StoreError> {
-        let settled = {
-            let mut state = self.lock();
+        let settled = self.logged(|state| {
             let call = state.get(attempt.call_id)?;
             if call.status != CallStatus::InProgress || call.attempts != attempt.attempt {
                 return Ok(Settled::Stale(call.clone()));
             }
-            Settled::Applied(state.apply(attempt.call_id, settlement.into())?)
-        };
-        self.bump();
+            let cancel_requested = call.cancel_requested_at.is_some();
+            if let Some(dial) = state
+                .attempts_of
+                .get_mut(&attempt.call_id)
+                .and_then(|dials| dials.last_mut())
+            {
+                *dial = dial.settled(&settlement, cancel_requested);
+            }
+            let at = settlement.at();
+            state
+                .apply(attempt.call_id, settlement.into(), at)
+                .map(Settled::Applied)
+        })?;
+        if matches!(settled, Settled::Applied(_)) {
+            self.bump();
+        }
         Ok(settled)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
-        let mut state = self.lock();
-        let due: Vec<CallId> = state
-            .pending_expiry
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, id)| *id)
-            .collect();
-        for id in &due {
-            state.apply(*id, CallEvent::Expire { at: now })?;
-        }
-        Ok(due)
+        let now = clock::truncate_to_micros(now);
+        self.logged(|state| {
+            let due: Vec<CallId> = state
+                .pending_expiry
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .map(|(_, id)| *id)
+                .collect();
+            for id in &due {
+                state.apply(*id, CallEvent::Expire { at: now }, now)?;
+            }
+            Ok(due)
+        })
     }
 
     async fn stale_attempts(
@@ -560,6 +792,103 @@ impl Store for MemoryStore {
         Ok(doomed.len() as u64)
     }
 
+    async fn events_after(&self, after: EventId, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .events
+            .range((Excluded(after), Unbounded))
+            .take(limit as usize)
+            .map(|(_, event)| event.clone())
+            .collect())
+    }
+
+    async fn last_event_id(&self) -> Result<EventId, StoreError> {
+        Ok(EventId(self.lock().last_event))
+    }
+
+    fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+
+    async fn claim_deliveries(
+        &self,
+        request: &DeliveryClaim,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut state = self.lock();
+        let now = request.now;
+        let lease_until = clock::add(now, request.lease);
+        let mut claimed = Vec::new();
+        while claimed.len() < request.limit as usize {
+            let Some(&(due, id)) = state.deliveries_due.first() else {
+                break;
+            };
+            if due > now {
+                break;
+            }
+            let exhausted = state.deliveries[&id].attempts >= request.max_attempts;
+            if exhausted {
+                state.update_delivery(id, |row| {
+                    row.state = CallbackState::Failed;
+                    row.last_error = Some(NO_ANSWER_RECORDED.to_owned());
+                    row.due = None;
+                });
+                continue;
+            }
+            state.update_delivery(id, |row| {
+                row.attempts += 1;
+                row.due = Some(lease_until);
+            });
+            let row = &state.deliveries[&id];
+            claimed.push(Delivery {
+                event: state.events[&id].clone(),
+                url: row.url.clone(),
+                attempt: row.attempts,
+            });
+        }
+        Ok(claimed)
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery: DeliveryRef,
+        outcome: DeliveryOutcome,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.lock();
+        let current = state.deliveries.get(&delivery.event_id).is_some_and(|row| {
+            row.state == CallbackState::Pending && row.attempts == delivery.attempt
+        });
+        if current {
+            state.update_delivery(delivery.event_id, |row| match outcome {
+                DeliveryOutcome::Delivered { .. } => {
+                    row.state = CallbackState::Delivered;
+                    row.due = None;
+                }
+                DeliveryOutcome::Retry { error, retry_at } => {
+                    row.last_error = Some(error);
+                    row.due = Some(retry_at);
+                }
+                DeliveryOutcome::Failed { error, .. } => {
+                    row.state = CallbackState::Failed;
+                    row.last_error = Some(error);
+                    row.due = None;
+                }
+            });
+        }
+        Ok(current)
+    }
+
+    async fn next_delivery_at(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .deliveries_due
+            .range((Excluded((now, EventId(u64::MAX))), Unbounded))
+            .next()
+            .map(|(at, _)| *at))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -567,6 +896,14 @@ impl Store for MemoryStore {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
+}
+
+/// The error of a delivery whose last try lost its lease without an answer.
+pub(crate) const NO_ANSWER_RECORDED: &str = "no answer recorded";
+
+/// When `call`'s current attempt started (its creation before any).
+fn call_started(call: &Call) -> DateTime<Utc> {
+    call.started_at.unwrap_or(call.created_at)
 }
 
 fn collect<'a>(state: &State, keys: impl Iterator<Item = &'a Key>) -> Vec<Call> {
@@ -819,9 +1156,13 @@ mod tests {
                     },
                     1 => Settlement::Retry {
                         error: "provider 503".into(),
+                        at: at(secs),
                         retry_at: at(secs),
                     },
-                    _ => Settlement::Capacity { retry_at: at(secs) },
+                    _ => Settlement::Capacity {
+                        at: at(secs),
+                        retry_at: at(secs),
+                    },
                 };
                 store
                     .settle(call.current_attempt(), settlement)
@@ -832,11 +1173,11 @@ mod tests {
                 if ids.is_empty() {
                     return;
                 }
-                let patch = PayloadPatch {
+                let patch = CallPatch {
                     to: Some(new_call(number).payload.to),
-                    ..PayloadPatch::default()
+                    ..CallPatch::default()
                 };
-                let _ = store.update_payload(ids[call % ids.len()], &patch).await;
+                let _ = store.update(ids[call % ids.len()], &patch, at(0)).await;
             }
             Op::Expire { now } => {
                 store.expire_due(at(now)).await.unwrap();

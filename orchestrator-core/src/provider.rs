@@ -150,6 +150,22 @@ impl WebhookSink {
     }
 }
 
+/// Why a hang-up did not happen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HangUpError {
+    /// This provider cannot end a call it started.
+    #[error("the provider cannot hang up calls")]
+    Unsupported,
+    /// The provider was asked and did not end the call (network error,
+    /// timeout, an error status).
+    #[error("{reason}")]
+    Failed {
+        /// E.g. `"provider 503"`.
+        reason: String,
+    },
+}
+
 /// An external AI-call provider.
 ///
 /// # Contract
@@ -163,6 +179,21 @@ impl WebhookSink {
 pub trait Provider: Send + Sync + 'static {
     /// Starts one attempt of a call.
     async fn start_call(&self, request: &DialRequest) -> Result<Dialled, DialError>;
+
+    /// Asks the provider to end the live call it named `provider_call_id`
+    /// (attempt `attempt`), for a canceled call. The call still ends through
+    /// its webhook (or its lease). A call the provider has already ended is
+    /// `Ok`. Optional: the default answers [`HangUpError::Unsupported`].
+    ///
+    /// # Errors
+    /// [`HangUpError::Unsupported`]; [`HangUpError::Failed`].
+    async fn hang_up(
+        &self,
+        _provider_call_id: &str,
+        _attempt: AttemptRef,
+    ) -> Result<(), HangUpError> {
+        Err(HangUpError::Unsupported)
+    }
 
     /// Called by the engine when it starts, for providers that report outcomes
     /// in-process (the simulated provider). HTTP providers report by webhook

@@ -13,7 +13,12 @@ use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
-use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, PayloadPatch};
+use crate::attempt::Attempt;
+use crate::call::{AttemptRef, Call, CallId, CallPatch, CallStatus, NewCall};
+use crate::callback::{Delivery, DeliveryClaim, DeliveryOutcome, DeliveryRef};
+use crate::event::{Event, EventId};
+use crate::input::ScriptId;
+use crate::phone::PhoneNumber;
 use crate::state::{CallEvent, TransitionError};
 use crate::validate::Invalid;
 
@@ -34,6 +39,10 @@ pub enum StoreError {
         /// The refused transition.
         source: TransitionError,
     },
+    /// The change, merged with the call as it is, breaks a rule between
+    /// fields (e.g. a new `notBefore` after the call's `expiresAt`).
+    #[error("the change is invalid")]
+    Invalid(#[source] Invalid),
     /// The backend cannot be reached right now (connection refused, pool
     /// timed out). Retrying later may succeed. The cause is the source, not
     /// part of the message.
@@ -69,11 +78,42 @@ pub struct Page {
     pub total: u64,
 }
 
+/// Which calls [`Store::list`] returns: every field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only calls in this status.
+    pub status: Option<CallStatus>,
+    /// Only calls to this number (compared canonical, so any accepted
+    /// spelling of it matches).
+    pub to: Option<PhoneNumber>,
+    /// Only calls running this script.
+    pub script_id: Option<ScriptId>,
+    /// Only calls created at or after this instant (inclusive).
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only calls created before this instant (exclusive).
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+impl ListFilter {
+    /// Whether `call` passes the filter.
+    #[must_use]
+    pub fn matches(&self, call: &Call) -> bool {
+        self.status.is_none_or(|status| call.status == status)
+            && self.to.as_ref().is_none_or(|to| call.payload.to == *to)
+            && self
+                .script_id
+                .as_ref()
+                .is_none_or(|script| call.payload.script_id == *script)
+            && self.created_from.is_none_or(|from| call.created_at >= from)
+            && self.created_to.is_none_or(|to| call.created_at < to)
+    }
+}
+
 /// Which page of calls [`Store::list`] returns: valid by construction
 /// (page from 1, page size 1 to [`ListQuery::MAX_PAGE_SIZE`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListQuery {
-    status: Option<CallStatus>,
+    filter: ListFilter,
     page: u32,
     page_size: u32,
 }
@@ -84,14 +124,15 @@ impl ListQuery {
     /// Page size when none is given.
     pub const DEFAULT_PAGE_SIZE: u32 = 20;
 
-    /// Calls in `status` (all calls when `None`), page `page` of `page_size`
-    /// calls. Pages count from 1 (default 1); a page holds 1 to
-    /// [`ListQuery::MAX_PAGE_SIZE`] calls (default [`ListQuery::DEFAULT_PAGE_SIZE`]).
+    /// Calls passing `filter`, page `page` of `page_size` calls. Pages count
+    /// from 1 (default 1); a page holds 1 to [`ListQuery::MAX_PAGE_SIZE`]
+    /// calls (default [`ListQuery::DEFAULT_PAGE_SIZE`]).
     ///
     /// # Errors
-    /// One [`Invalid`] per field at fault, naming `page` or `pageSize`.
+    /// One [`Invalid`] per field at fault, naming `page`, `pageSize` or
+    /// `createdTo` (not after `createdFrom`).
     pub fn new(
-        status: Option<CallStatus>,
+        filter: ListFilter,
         page: Option<u32>,
         page_size: Option<u32>,
     ) -> Result<Self, Vec<Invalid>> {
@@ -107,9 +148,14 @@ impl ListQuery {
                 format!("must be from 1 to {}, not {page_size}", Self::MAX_PAGE_SIZE),
             ));
         }
+        if let (Some(from), Some(to)) = (filter.created_from, filter.created_to) {
+            if to <= from {
+                errors.push(Invalid::new("createdTo", "must be after createdFrom"));
+            }
+        }
         if errors.is_empty() {
             Ok(Self {
-                status,
+                filter,
                 page,
                 page_size,
             })
@@ -118,10 +164,28 @@ impl ListQuery {
         }
     }
 
+    /// The first page of calls in `status` (all calls when `None`).
+    #[must_use]
+    pub fn by_status(status: Option<CallStatus>) -> Self {
+        Self {
+            filter: ListFilter {
+                status,
+                ..ListFilter::default()
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Which calls.
+    #[must_use]
+    pub fn filter(&self) -> &ListFilter {
+        &self.filter
+    }
+
     /// Only calls in this status; `None` for all.
     #[must_use]
     pub fn status(&self) -> Option<CallStatus> {
-        self.status
+        self.filter.status
     }
 
     /// Page number, from 1.
@@ -147,18 +211,18 @@ impl Default for ListQuery {
     /// All calls, first page, [`ListQuery::DEFAULT_PAGE_SIZE`] calls.
     fn default() -> Self {
         Self {
-            status: None,
+            filter: ListFilter::default(),
             page: 1,
             page_size: Self::DEFAULT_PAGE_SIZE,
         }
     }
 }
 
-/// Calls per status. Serialises as `{"PENDING":n,"IN_PROGRESS":n,...}` with all five keys,
+/// Calls per status. Serialises as `{"PENDING":n,"IN_PROGRESS":n,...}` with all six keys,
 /// and prints (`{:?}`) as `StatusCounts { PENDING: n, IN_PROGRESS: n, ... }`.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatusCounts {
-    counts: [u64; 5],
+    counts: [u64; 6],
 }
 
 impl StatusCounts {
@@ -186,6 +250,7 @@ impl StatusCounts {
             CallStatus::Completed => 2,
             CallStatus::Failed => 3,
             CallStatus::Expired => 4,
+            CallStatus::Canceled => 5,
         }
     }
 }
@@ -246,6 +311,8 @@ pub enum Settlement {
     Retry {
         /// Why.
         error: String,
+        /// When the attempt failed.
+        at: DateTime<Utc>,
         /// Back-off deadline.
         retry_at: DateTime<Utc>,
     },
@@ -253,9 +320,24 @@ pub enum Settlement {
     /// given back, so the same `(callId, attempt)` becomes current again at the
     /// next claim (and the re-dial reuses its idempotency key).
     Capacity {
+        /// When the provider answered.
+        at: DateTime<Utc>,
         /// `Retry-After` deadline.
         retry_at: DateTime<Utc>,
     },
+}
+
+impl Settlement {
+    /// When the attempt ended or the answer came.
+    #[must_use]
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Settlement::Completed { at, .. }
+            | Settlement::Failed { at, .. }
+            | Settlement::Retry { at, .. }
+            | Settlement::Capacity { at, .. } => *at,
+        }
+    }
 }
 
 impl From<Settlement> for CallEvent {
@@ -271,8 +353,16 @@ impl From<Settlement> for CallEvent {
                 at,
                 duration_sec,
             },
-            Settlement::Retry { error, retry_at } => CallEvent::Retry { error, retry_at },
-            Settlement::Capacity { retry_at } => CallEvent::Capacity { retry_at },
+            Settlement::Retry {
+                error,
+                at,
+                retry_at,
+            } => CallEvent::Retry {
+                error,
+                at,
+                retry_at,
+            },
+            Settlement::Capacity { at, retry_at } => CallEvent::Capacity { at, retry_at },
         }
     }
 }
@@ -287,6 +377,30 @@ pub enum Settled {
     Stale(Call),
 }
 
+/// The result of [`Store::cancel`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Canceled {
+    /// The call was `PENDING` and is now `CANCELED`.
+    Canceled(Call),
+    /// The call is `IN_PROGRESS`: the request is recorded (`cancelRequestedAt`),
+    /// it will never be re-dialled, and its attempt's settlement ends it.
+    Requested(Call),
+    /// The call was `CANCELED` already: nothing changed.
+    AlreadyCanceled(Call),
+}
+
+impl Canceled {
+    /// The call as it now is.
+    #[must_use]
+    pub fn call(&self) -> &Call {
+        match self {
+            Canceled::Canceled(call) | Canceled::Requested(call) | Canceled::AlreadyCanceled(call) => {
+                call
+            }
+        }
+    }
+}
+
 /// A store of calls.
 ///
 /// # Contract
@@ -298,6 +412,15 @@ pub enum Settled {
 ///   lets the `IN_PROGRESS` count exceed `max_in_flight`, never puts two calls
 ///   to one number in progress, and never hands one attempt to two claimers.
 /// - Transitions follow [`crate::state::transition`]; terminal calls never change.
+/// - **Event log.** Every change of a call's status appends exactly one
+///   [`Event`] ([`Event::of_change`]) in the same atomic step as the change:
+///   none for a change refused or not applied, none for a change that keeps
+///   the status. Event ids increase in the order the changes committed, so
+///   [`events_after`](Store::events_after) from any id replays every later
+///   event in that order. A terminal event of a call with a `callbackUrl`
+///   adds, in the same step, a [`Delivery`] to the outbox.
+/// - **Attempt history.** Each claim starts an [`Attempt`]; its settlement
+///   ends it (see [`Attempt::settled`]).
 /// - After `create` and after any `settle` that was applied, the store bumps
 ///   the counter returned by [`subscribe`](Store::subscribe), in this process
 ///   and (for shared backends) in every process sharing the store.
@@ -320,13 +443,34 @@ pub trait Store: Send + Sync + 'static {
     /// The call with this id. Errors: [`StoreError::NotFound`].
     async fn get(&self, id: CallId) -> Result<Call, StoreError>;
 
-    /// Applies `patch` to a `PENDING` call's payload and returns the call.
+    /// Applies `patch` to a `PENDING` call and returns the call, after
+    /// checking the schedule rule at `now`
+    /// ([`crate::validate::validate_schedule`]) against the call as it is
+    /// under the store's lock. Writes no event (the status stays).
     /// Errors: [`StoreError::NotFound`]; [`StoreError::Conflict`] when the call
-    /// is not `PENDING`.
-    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError>;
+    /// is not `PENDING`; [`StoreError::Invalid`] when the schedule rule fails.
+    async fn update(
+        &self,
+        id: CallId,
+        patch: &CallPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Call, StoreError>;
 
-    /// One page of calls, newest first (by creation time, then id), optionally
-    /// filtered by status. A page past the end is empty; `total` is still right.
+    /// Cancels call `id` at `now` with `reason` ([`CallEvent::Cancel`]):
+    /// a `PENDING` call ends `CANCELED` (one `call.canceled` event; a
+    /// delivery when it has a `callbackUrl`), an `IN_PROGRESS` call is marked
+    /// (no event), a `CANCELED` call is left as it is.
+    /// Errors: [`StoreError::NotFound`]; [`StoreError::Conflict`] for
+    /// another terminal status.
+    async fn cancel(&self, id: CallId, reason: &str, now: DateTime<Utc>)
+        -> Result<Canceled, StoreError>;
+
+    /// Every dial of call `id`, in dial order. Errors: [`StoreError::NotFound`].
+    async fn attempts(&self, id: CallId) -> Result<Vec<Attempt>, StoreError>;
+
+    /// One page of calls, newest first (by creation time, then id), passing
+    /// the query's [`ListFilter`]. A page past the end is empty; `total` is
+    /// still right.
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError>;
 
     /// Calls per status.
@@ -344,13 +488,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records that the provider accepted `attempt` and named it
     /// `provider_call_id`, so its webhook can find it. Sets the call's
-    /// `providerCallId` only while that attempt is current and `IN_PROGRESS`;
-    /// returns whether it did. Errors: [`StoreError::NotFound`].
+    /// `providerCallId` only while that attempt is current and `IN_PROGRESS`,
+    /// and then returns the call (whose `cancelRequestedAt` tells the caller
+    /// to hang up); `None` otherwise. Errors: [`StoreError::NotFound`].
     async fn record_dial(
         &self,
         attempt: AttemptRef,
         provider_call_id: &str,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<Call>, StoreError>;
 
     /// The attempt the provider named `provider_call_id`, if any was recorded.
     async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError>;
@@ -388,7 +533,7 @@ pub trait Store: Send + Sync + 'static {
     /// ([`CallStatus::is_terminal`]) whose `endedAt` is before `cutoff`,
     /// oldest end first, with everything stored about them (their
     /// idempotency key, provider call ids and attempt history), and returns
-    /// how many it deleted. Afterwards [`get`](Store::get) of a deleted call
+    /// how many it deleted. A call's events and delivery go with it. Afterwards [`get`](Store::get) of a deleted call
     /// is [`StoreError::NotFound`], [`counts`](Store::counts) and
     /// [`list`](Store::list) no longer include it, its idempotency key
     /// creates a new call, and [`find_attempt`](Store::find_attempt) of its
@@ -400,6 +545,48 @@ pub trait Store: Send + Sync + 'static {
         cutoff: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64, StoreError>;
+
+    /// Up to `limit` events with ids greater than `after`, in id order
+    /// (`EventId(0)`: from the first event still retained).
+    async fn events_after(&self, after: EventId, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// The id of the newest event readable through
+    /// [`events_after`](Store::events_after); `EventId(0)` when none is.
+    async fn last_event_id(&self) -> Result<EventId, StoreError>;
+
+    /// A counter bumped whenever new events become readable through
+    /// [`events_after`](Store::events_after), in this process and (for
+    /// shared backends) in every process sharing the store. Readers wait on
+    /// it instead of polling.
+    fn subscribe_events(&self) -> watch::Receiver<u64>;
+
+    /// Claims up to `request.limit` due deliveries, earliest due first, for
+    /// one try each: `PENDING`, due (`retry_at` absent or `<= now`) and not
+    /// held by a live lease. Each is returned with its try number raised by
+    /// one and held until `now + lease`; no two claimers hold one delivery
+    /// at once. A delivery whose last allowed try
+    /// (`request.max_attempts`) lost its lease without an answer is marked
+    /// `FAILED` ("no answer recorded") instead of being claimed.
+    async fn claim_deliveries(&self, request: &DeliveryClaim)
+        -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records how try `delivery` went, if it is still the delivery's
+    /// current try and the delivery is `PENDING`; returns whether it did (a
+    /// try whose lease ran out and was taken over records nothing). The
+    /// call's `callback` shows the result.
+    async fn record_delivery(
+        &self,
+        delivery: DeliveryRef,
+        outcome: DeliveryOutcome,
+    ) -> Result<bool, StoreError>;
+
+    /// The earliest instant strictly after `now` at which a `PENDING`
+    /// delivery becomes due (its `retry_at` or its lease's end); `None` when
+    /// none is scheduled.
+    async fn next_delivery_at(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Checks that the store can be reached (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -423,35 +610,35 @@ mod tests {
 
     #[test]
     fn list_queries_default_to_the_first_page_of_twenty() {
-        let query = ListQuery::new(None, None, None).expect("defaults");
+        let query = ListQuery::new(ListFilter::default(), None, None).expect("defaults");
         assert_eq!(query, ListQuery::default());
         assert_eq!(
             (query.page(), query.page_size(), query.offset()),
             (1, 20, 0)
         );
-        let query = ListQuery::new(Some(CallStatus::Failed), Some(3), Some(100)).expect("valid");
+        let query = ListQuery::new(ListQuery::by_status(Some(CallStatus::Failed)).filter().clone(), Some(3), Some(100)).expect("valid");
         assert_eq!(query.status(), Some(CallStatus::Failed));
         assert_eq!(query.offset(), 200);
     }
 
     #[test]
     fn list_queries_name_every_field_out_of_range() {
-        assert_eq!(fields(ListQuery::new(None, Some(0), None)), ["page"]);
-        assert_eq!(fields(ListQuery::new(None, None, Some(0))), ["pageSize"]);
-        assert_eq!(fields(ListQuery::new(None, None, Some(101))), ["pageSize"]);
+        assert_eq!(fields(ListQuery::new(ListFilter::default(), Some(0), None)), ["page"]);
+        assert_eq!(fields(ListQuery::new(ListFilter::default(), None, Some(0))), ["pageSize"]);
+        assert_eq!(fields(ListQuery::new(ListFilter::default(), None, Some(101))), ["pageSize"]);
         assert_eq!(
-            fields(ListQuery::new(None, Some(0), Some(u32::MAX))),
+            fields(ListQuery::new(ListFilter::default(), Some(0), Some(u32::MAX))),
             ["page", "pageSize"]
         );
     }
 
     #[test]
     fn the_last_page_offset_does_not_overflow() {
-        let query = ListQuery::new(None, Some(u32::MAX), Some(100)).expect("valid");
+        let query = ListQuery::new(ListFilter::default(), Some(u32::MAX), Some(100)).expect("valid");
         assert_eq!(query.offset(), u64::from(u32::MAX - 1) * 100);
     }
 
-    fn counts(values: [u64; 5]) -> StatusCounts {
+    fn counts(values: [u64; 6]) -> StatusCounts {
         let mut counts = StatusCounts::default();
         for (status, value) in CallStatus::ALL.into_iter().zip(values) {
             counts.set(status, value);
@@ -461,24 +648,25 @@ mod tests {
 
     #[test]
     fn status_counts_keep_one_count_per_status_and_sum_them() {
-        let counts = counts([1, 2, 3, 4, 5]);
+        let counts = counts([1, 2, 3, 4, 5, 6]);
         let read: Vec<u64> = CallStatus::ALL.map(|status| counts.get(status)).to_vec();
-        assert_eq!(read, [1, 2, 3, 4, 5]);
-        assert_eq!(counts.total(), 15);
+        assert_eq!(read, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(counts.total(), 21);
         assert_eq!(StatusCounts::default().total(), 0);
     }
 
     #[test]
     fn status_counts_print_and_serialise_with_every_status_by_name() {
-        let counts = counts([1, 0, 7, 2, 0]);
+        let counts = counts([1, 0, 7, 2, 0, 3]);
         assert_eq!(
             format!("{counts:?}"),
-            "StatusCounts { PENDING: 1, IN_PROGRESS: 0, COMPLETED: 7, FAILED: 2, EXPIRED: 0 }"
+            "StatusCounts { PENDING: 1, IN_PROGRESS: 0, COMPLETED: 7, FAILED: 2, EXPIRED: 0, CANCELED: 3 }"
         );
         assert_eq!(
             serde_json::to_value(counts).unwrap(),
             serde_json::json!({
-                "PENDING": 1, "IN_PROGRESS": 0, "COMPLETED": 7, "FAILED": 2, "EXPIRED": 0
+                "PENDING": 1, "IN_PROGRESS": 0, "COMPLETED": 7, "FAILED": 2, "EXPIRED": 0,
+                "CANCELED": 3
             })
         );
     }

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::call::NewCall;
+use crate::call::{Call, CallPatch, NewCall};
 
 /// Longest provider call id we accept, in characters.
 pub const MAX_PROVIDER_CALL_ID_CHARS: usize = 512;
@@ -49,6 +49,32 @@ pub fn validate_new_call(new: &NewCall, now: DateTime<Utc>) -> Result<(), Invali
         .is_some_and(|not_before| expires_at <= not_before)
     {
         return Err(Invalid::new("expiresAt", "must be after notBefore"));
+    }
+    Ok(())
+}
+
+/// Checks a rescheduled call, `next` (the call with `patch` applied), at
+/// `now` by the rule of [`validate_new_call`]: a new `expiresAt` is in the
+/// future, and `expiresAt` stays after `notBefore`. A patch that leaves the
+/// schedule alone passes.
+///
+/// # Errors
+/// [`Invalid`] naming `expiresAt` when the patch set it, else `notBefore`.
+pub fn validate_schedule(next: &Call, patch: &CallPatch, now: DateTime<Utc>) -> Result<(), Invalid> {
+    let Some(expires_at) = next.expires_at else {
+        return Ok(());
+    };
+    if patch.expires_at.is_some() {
+        if expires_at <= now {
+            return Err(Invalid::new("expiresAt", "must be in the future"));
+        }
+        if next.not_before.is_some_and(|not_before| expires_at <= not_before) {
+            return Err(Invalid::new("expiresAt", "must be after notBefore"));
+        }
+    } else if patch.not_before.is_some()
+        && next.not_before.is_some_and(|not_before| expires_at <= not_before)
+    {
+        return Err(Invalid::new("notBefore", "must be before expiresAt"));
     }
     Ok(())
 }

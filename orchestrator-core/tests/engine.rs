@@ -16,15 +16,14 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use mockall::{mock, Sequence};
 use orchestrator_core::{
-    async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError, Created,
-    DialError, DialRequest, Dialled, Engine, EngineConfig, EngineError, EngineHandle, Invalid,
-    ListQuery, MemoryStore, Metadata, NewCall, OutcomeMix, Page, PayloadPatch, PhoneNumber,
-    Provider, RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settled, Settlement,
-    SimulatedProvider, SimulationConfig, StatusCounts, StatusReport, Store, StoreError, TokioClock,
+    async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError,
+    DialError, DialRequest, Dialled, Engine, EngineConfig, EngineError, EngineHandle, Invalid, MemoryStore, Metadata, NewCall, OutcomeMix, PhoneNumber,
+    Provider, RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settlement,
+    SimulatedProvider, SimulationConfig, StatusReport, Store, StoreError, TokioClock,
     WebhookDelivery, WebhookOutcome,
 };
+use orchestrator_core::hooked::{HookedStore, Operation, StoreHook};
 use serde_json::json;
-use tokio::sync::watch;
 
 mock! {
     /// A provider whose answers each test scripts.
@@ -824,7 +823,7 @@ async fn webhook_arriving_before_the_dial_was_recorded_settles_through_the_query
 
     // The 202 lands afterwards and changes nothing.
     let recorded = h.store.record_dial(attempt(id, 1), "p-early").await;
-    assert!(!recorded.unwrap());
+    assert!(recorded.unwrap().is_none());
     assert_eq!(h.get(id).await, settled);
 
     // The fallback recorded the provider id, so a repeat without the query
@@ -1029,13 +1028,12 @@ async fn a_round_claims_batch_after_batch_until_the_cap_is_full() {
 
 // ---------------------------------------------------------- store outage
 
-/// A [`MemoryStore`] that can be taken down: while down, every operation
-/// fails with [`StoreError::Unavailable`], as a database that cannot be
-/// reached does. Its writes of provider answers (`settle`, `record_dial`)
-/// can also be made to fail a number of times, then recover; it counts the
-/// tries. Implemented with the crate's re-exported `async_trait`.
-struct OutageStore {
-    inner: MemoryStore,
+/// The fault of an [`OutageStore`]: while down, every operation fails with
+/// [`StoreError::Unavailable`], as a database that cannot be reached does.
+/// Its writes of provider answers (`settle`, `record_dial`) can also be made
+/// to fail a number of times, then recover; it counts the tries.
+#[derive(Default)]
+struct Outage {
     down: AtomicBool,
     failing_settles: AtomicU64,
     failing_records: AtomicU64,
@@ -1043,18 +1041,14 @@ struct OutageStore {
     record_tries: AtomicU64,
 }
 
-impl OutageStore {
-    fn new() -> Self {
-        Self {
-            inner: MemoryStore::new(),
-            down: AtomicBool::new(false),
-            failing_settles: AtomicU64::new(0),
-            failing_records: AtomicU64::new(0),
-            settle_tries: AtomicU64::new(0),
-            record_tries: AtomicU64::new(0),
-        }
-    }
+/// A [`MemoryStore`] that can be taken down (see [`Outage`]).
+type OutageStore = HookedStore<Outage>;
 
+fn outage_store() -> OutageStore {
+    HookedStore::new(Arc::new(MemoryStore::new()), Outage::default())
+}
+
+impl Outage {
     fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
     }
@@ -1077,13 +1071,6 @@ impl OutageStore {
         self.record_tries.load(Ordering::SeqCst)
     }
 
-    fn up(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("connection refused".into()));
-        }
-        Ok(())
-    }
-
     /// Counts a try of a write and fails it while `failing` is positive.
     fn write(tries: &AtomicU64, failing: &AtomicU64) -> Result<(), StoreError> {
         tries.fetch_add(1, Ordering::SeqCst);
@@ -1100,101 +1087,16 @@ impl OutageStore {
 }
 
 #[async_trait]
-impl Store for OutageStore {
-    async fn create(
-        &self,
-        id: CallId,
-        new: &NewCall,
-        now: DateTime<Utc>,
-    ) -> Result<Created, StoreError> {
-        self.up()?;
-        self.inner.create(id, new, now).await
-    }
-
-    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
-        self.up()?;
-        self.inner.get(id).await
-    }
-
-    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
-        self.up()?;
-        self.inner.update_payload(id, patch).await
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        self.up()?;
-        self.inner.list(query).await
-    }
-
-    async fn counts(&self) -> Result<StatusCounts, StoreError> {
-        self.up()?;
-        self.inner.counts().await
-    }
-
-    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        self.up()?;
-        self.inner.claim(request).await
-    }
-
-    async fn record_dial(
-        &self,
-        attempt: AttemptRef,
-        provider_call_id: &str,
-    ) -> Result<bool, StoreError> {
-        self.up()?;
-        Self::write(&self.record_tries, &self.failing_records)?;
-        self.inner.record_dial(attempt, provider_call_id).await
-    }
-
-    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
-        self.up()?;
-        self.inner.find_attempt(provider_call_id).await
-    }
-
-    async fn settle(
-        &self,
-        attempt: AttemptRef,
-        settlement: Settlement,
-    ) -> Result<Settled, StoreError> {
-        self.up()?;
-        Self::write(&self.settle_tries, &self.failing_settles)?;
-        self.inner.settle(attempt, settlement).await
-    }
-
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
-        self.up()?;
-        self.inner.expire_due(now).await
-    }
-
-    async fn stale_attempts(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<AttemptRef>, StoreError> {
-        self.up()?;
-        self.inner.stale_attempts(now, limit).await
-    }
-
-    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.up()?;
-        self.inner.next_timer(now).await
-    }
-
-    async fn purge_ended_before(
-        &self,
-        cutoff: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
-        self.up()?;
-        self.inner.purge_ended_before(cutoff, limit).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.up()
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.subscribe()
+impl StoreHook for Outage {
+    async fn before(&self, operation: Operation<'_>) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("connection refused".into()));
+        }
+        match operation {
+            Operation::Settle(..) => Self::write(&self.settle_tries, &self.failing_settles),
+            Operation::RecordDial(..) => Self::write(&self.record_tries, &self.failing_records),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -1215,7 +1117,7 @@ fn over_outage_store_answering(
     config: EngineConfig,
     answer: impl Fn(&DialRequest) -> Result<Dialled, DialError> + Send + 'static,
 ) -> (Engine, Arc<OutageStore>) {
-    let store = Arc::new(OutageStore::new());
+    let store = Arc::new(outage_store());
     let mut dialer = MockDialer::new();
     dialer.expect_start_call().returning(answer);
     let engine = Engine::builder(Arc::clone(&store) as Arc<dyn Store>, Arc::new(dialer))
@@ -1243,7 +1145,7 @@ async fn a_store_outage_fails_each_operation_as_a_store_error_until_it_ends() {
         .call
         .id;
 
-    store.set_down(true);
+    store.hook().set_down(true);
     assert!(unavailable(&engine.ready().await));
     assert!(unavailable(
         &engine.create_call(call_to("+966501234568")).await
@@ -1253,7 +1155,7 @@ async fn a_store_outage_fails_each_operation_as_a_store_error_until_it_ends() {
     assert!(unavailable(&engine.tick().await));
     assert!(dials.lock().unwrap().is_empty());
 
-    store.set_down(false);
+    store.hook().set_down(false);
     engine.ready().await.expect("the store is back");
     engine.tick().await.expect("a round");
     assert_eq!(dials.lock().unwrap().len(), 1);
@@ -1268,13 +1170,13 @@ async fn a_running_dispatcher_retries_after_a_store_outage_without_a_signal() {
     let poll = Duration::from_secs(2);
     let (engine, store, dials) = over_outage_store(config().with_fallback_poll(poll));
     engine.create_call(call_to("+966501234567")).await.unwrap();
-    store.set_down(true);
+    store.hook().set_down(true);
     let running = engine.start();
     settle_tasks().await;
 
     // The outage ends without any change the store would signal: only the
     // fallback poll brings the dispatcher back.
-    store.set_down(false);
+    store.hook().set_down(false);
     tokio::time::advance(poll - Duration::from_millis(1)).await;
     settle_tasks().await;
     assert!(dials.lock().unwrap().is_empty(), "dialled before the poll");
@@ -1310,13 +1212,13 @@ async fn a_dial_answer_the_store_could_not_record_is_retried_until_it_lands_and_
         .unwrap()
         .call
         .id;
-    store.fail_settles(3);
+    store.hook().fail_settles(3);
 
     let started = tokio::time::Instant::now();
     engine.tick().await.expect("a round");
     let waited = started.elapsed();
 
-    assert_eq!(store.settle_tries(), 4, "three failures, then the write");
+    assert_eq!(store.hook().settle_tries(), 4, "three failures, then the write");
     let (shortest, longest) = store_retry_waits(3);
     assert!(
         (shortest..=longest).contains(&waited),
@@ -1340,11 +1242,11 @@ async fn an_accepted_dials_provider_id_is_recorded_once_the_store_is_back() {
         .unwrap()
         .call
         .id;
-    store.fail_records(2);
+    store.hook().fail_records(2);
 
     engine.tick().await.expect("a round");
 
-    assert_eq!(store.record_tries(), 3);
+    assert_eq!(store.hook().record_tries(), 3);
     let call = engine.get_call(id).await.unwrap();
     let recorded = attempt(id, 1);
     assert_eq!(call.provider_call_id, Some(provider_id(recorded)));
@@ -1370,7 +1272,7 @@ async fn store_write_retries_stop_when_the_attempts_lease_runs_out_and_the_lease
         .unwrap()
         .call
         .id;
-    store.fail_settles(u64::MAX);
+    store.hook().fail_settles(u64::MAX);
 
     let started = tokio::time::Instant::now();
     engine.tick().await.expect("a round");
@@ -1378,12 +1280,12 @@ async fn store_write_retries_stop_when_the_attempts_lease_runs_out_and_the_lease
     assert_eq!(started.elapsed(), lease, "tries end when the lease does");
     // Delays are capped at 5 s, so a minute holds at least 12 of them, and
     // at most as many as the shortest possible delays fit.
-    let tries = store.settle_tries();
+    let tries = store.hook().settle_tries();
     assert!((13..=40).contains(&tries), "{tries} tries in {lease:?}");
     let call = engine.get_call(id).await.unwrap();
     assert_eq!(call.status, CallStatus::InProgress);
 
-    store.fail_settles(0);
+    store.hook().fail_settles(0);
     engine.tick().await.expect("a round");
     let call = engine.get_call(id).await.unwrap();
     assert_eq!(call.last_error.as_deref(), Some("webhook timeout"));
@@ -1403,13 +1305,13 @@ async fn with_no_room_for_retries_a_failed_write_is_left_to_the_lease() {
         .unwrap()
         .call
         .id;
-    store.fail_settles(1);
+    store.hook().fail_settles(1);
 
     let started = tokio::time::Instant::now();
     engine.tick().await.expect("a round");
 
     assert_eq!(started.elapsed(), Duration::ZERO, "nothing waited");
-    assert_eq!(store.settle_tries(), 1);
+    assert_eq!(store.hook().settle_tries(), 1);
     let call = engine.get_call(id).await.unwrap();
     assert_eq!(call.status, CallStatus::InProgress);
 }
@@ -1423,7 +1325,7 @@ async fn a_write_the_store_refuses_for_good_is_not_retried() {
         .unwrap()
         .call;
     engine.tick().await.expect("a round");
-    let tries = store.settle_tries();
+    let tries = store.hook().settle_tries();
     // Settling a call that is not there is an answer (not found), not an
     // outage: a webhook for it fails once and changes nothing.
     let unknown = attempt(CallId::new_v7(t(0)), 1);
@@ -1438,7 +1340,7 @@ async fn a_write_the_store_refuses_for_good_is_not_retried() {
         matches!(outcome, Err(EngineError::NotFound(_))),
         "{outcome:?}"
     );
-    assert_eq!(store.settle_tries(), tries);
+    assert_eq!(store.hook().settle_tries(), tries);
     assert_eq!(
         engine.get_call(call.id).await.unwrap().status,
         CallStatus::Pending
@@ -1448,7 +1350,7 @@ async fn a_write_the_store_refuses_for_good_is_not_retried() {
 /// A started engine over an [`OutageStore`] and a simulated provider that
 /// answers a dial in 1 s and calls back 1 s later, with `COMPLETED`.
 fn started_over_outage_store() -> (Engine, Arc<OutageStore>, EngineHandle) {
-    let store = Arc::new(OutageStore::new());
+    let store = Arc::new(outage_store());
     let provider = SimulatedProvider::new(
         SimulationConfig::default()
             .with_dial_latency(Duration::from_secs(1)..=Duration::from_secs(1))
@@ -1474,10 +1376,10 @@ async fn an_in_process_webhook_the_store_could_not_take_is_retried_until_it_sett
         .unwrap()
         .call
         .id;
-    store.fail_settles(4);
+    store.hook().fail_settles(4);
     // Dialled at once, answered at 1 s, the webhook at 2 s; then back-off.
     run_for(Duration::from_secs(2), MS_10).await;
-    assert_eq!(store.settle_tries(), 2, "the webhook, and its first retry");
+    assert_eq!(store.hook().settle_tries(), 2, "the webhook, and its first retry");
     assert_eq!(
         engine.get_call(id).await.unwrap().status,
         CallStatus::InProgress
@@ -1489,7 +1391,7 @@ async fn an_in_process_webhook_the_store_could_not_take_is_retried_until_it_sett
 
     let call = engine.get_call(id).await.unwrap();
     assert_eq!(call.status, CallStatus::Completed, "{call:?}");
-    assert_eq!(store.settle_tries(), 5);
+    assert_eq!(store.hook().settle_tries(), 5);
     running.shutdown().await;
 }
 
@@ -1502,9 +1404,9 @@ async fn shutdown_waits_for_store_writes_being_retried() {
         .unwrap()
         .call
         .id;
-    store.fail_settles(4);
+    store.hook().fail_settles(4);
     run_for(Duration::from_secs(2), MS_10).await;
-    assert_eq!(store.settle_tries(), 2, "the webhook's settle failed");
+    assert_eq!(store.hook().settle_tries(), 2, "the webhook's settle failed");
 
     running.shutdown().await;
 

@@ -7,7 +7,7 @@ use orchestrator_core::{CallStatus, IdempotencyKey, Invalid, Metadata, PhoneNumb
 use serde_json::{json, Value};
 
 #[test]
-fn only_completed_failed_and_expired_are_terminal() {
+fn only_completed_failed_expired_and_canceled_are_terminal() {
     let terminal: Vec<CallStatus> = CallStatus::ALL
         .into_iter()
         .filter(|status| status.is_terminal())
@@ -17,7 +17,8 @@ fn only_completed_failed_and_expired_are_terminal() {
         [
             CallStatus::Completed,
             CallStatus::Failed,
-            CallStatus::Expired
+            CallStatus::Expired,
+            CallStatus::Canceled
         ]
     );
 }

@@ -79,6 +79,7 @@ pub(crate) fn dial_verdict(
         Err(DialError::AtCapacity { retry_after }) => (
             "capacity",
             Settlement::Capacity {
+                at: now,
                 retry_at: clock::add(now, retry_after.unwrap_or(capacity_retry_after)),
             },
         ),
@@ -147,6 +148,7 @@ pub(crate) fn after_failure(
     match retry.decide(attempt, rng) {
         RetryDecision::RetryAfter(delay) => Settlement::Retry {
             error,
+            at: now,
             retry_at: clock::add(now, delay),
         },
         RetryDecision::GiveUp => Settlement::Failed {
@@ -253,7 +255,7 @@ mod tests {
         for bad in ["", "   ", "p-\u{0}", "line\nbreak", &"x".repeat(513)] {
             let DialVerdict::Settle {
                 label: "retryable",
-                settlement: Settlement::Retry { error, retry_at },
+                settlement: Settlement::Retry { error, retry_at, .. },
             } = dial(accepted(bad), 1)
             else {
                 panic!("{bad:?} was not refused as retryable");
@@ -288,6 +290,7 @@ mod tests {
                     "retryable",
                     Settlement::Retry {
                         error: "provider 503".into(),
+                        at: now(),
                         retry_at: now() + secs(delay),
                     }
                 ),
@@ -326,6 +329,7 @@ mod tests {
                 settle(
                     "capacity",
                     Settlement::Capacity {
+                        at: now(),
                         retry_at: now() + secs(7)
                     }
                 )
@@ -341,6 +345,7 @@ mod tests {
             settle(
                 "capacity",
                 Settlement::Capacity {
+                    at: now(),
                     retry_at: now() + secs(5)
                 }
             )
@@ -505,6 +510,7 @@ mod tests {
                     ),
                     Settlement::Retry {
                         error: error.into(),
+                        at: now(),
                         retry_at: now() + secs(delay)
                     },
                     "{status:?} attempt {attempt}"
@@ -585,6 +591,7 @@ mod tests {
             after_failure(&policy, 1, WEBHOOK_TIMEOUT.into(), now(), &mut rng()),
             Settlement::Retry {
                 error: "webhook timeout".into(),
+                at: now(),
                 retry_at: now() + secs(10)
             }
         );

@@ -172,8 +172,15 @@ impl Inner {
                 // Until it is recorded, the webhook still finds the attempt
                 // through the callId and attempt in its URL's query.
                 let record = || self.store.record_dial(attempt, &provider_call_id);
-                self.retry_write("record the provider call id", lease_end, transient, record)
-                    .await;
+                let recorded = self
+                    .retry_write("record the provider call id", lease_end, transient, record)
+                    .await
+                    .flatten();
+                // A cancel that came while the dial was in flight could not
+                // hang up: the provider id was not known yet.
+                if let Some(call) = recorded.filter(|call| call.cancel_requested_at.is_some()) {
+                    self.hang_up(&call).await;
+                }
             }
             DialVerdict::Settle { label, settlement } => {
                 metrics::counter!("orchestrator_dials_total", "outcome" => label).increment(1);

@@ -11,6 +11,9 @@
 //! - `persist`: retrying the store writes that record a provider's answer
 //!   through a store outage.
 //! - `retention`: deleting calls that ended long ago.
+//! - `control`: cancel (with the provider's hang-up) and retry.
+//! - `events`: reading the event log as a live stream.
+//! - `deliver`: the worker that delivers terminal events to callback URLs.
 //!
 //! Dispatch is event-driven: the dispatcher sleeps until the store signals a
 //! change (a call created, a slot freed) or the next timed event is due, then
@@ -18,11 +21,17 @@
 //! lost signals. All invariants live in the store; the engine holds no slot
 //! accounting of its own, so any number of engines may share one store.
 
+mod control;
 mod decide;
+mod deliver;
 mod dispatch;
+mod events;
 mod intake;
 mod persist;
 mod retention;
+
+pub use control::MAX_CANCEL_REASON_CHARS;
+pub use events::EventStream;
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,7 +43,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::call::{Call, CallId, NewCall, PayloadPatch};
+use crate::attempt::Attempt;
+use crate::call::{Call, CallId, CallPatch, NewCall};
+use crate::callback::CallbackSender;
 use crate::clock::{self, Clock, SystemClock};
 use crate::config::{ConfigError, EngineConfig};
 use crate::provider::{Provider, WebhookDelivery, WebhookSink};
@@ -71,6 +82,7 @@ impl From<StoreError> for EngineError {
         match error {
             StoreError::NotFound(id) => EngineError::NotFound(format!("call {id} not found")),
             StoreError::Conflict { id, source } => EngineError::Conflict { id, source },
+            StoreError::Invalid(invalid) => EngineError::Invalid(invalid),
             other => EngineError::Store(other),
         }
     }
@@ -117,6 +129,7 @@ pub struct EngineBuilder {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     seed: Option<u64>,
+    callbacks: Option<Arc<dyn CallbackSender>>,
 }
 
 impl fmt::Debug for EngineBuilder {
@@ -140,6 +153,14 @@ impl EngineBuilder {
     #[must_use]
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Delivers terminal events to the calls' callback URLs through `sender`
+    /// (default: none; deliveries then wait in the store's outbox).
+    #[must_use]
+    pub fn callbacks(mut self, sender: Arc<dyn CallbackSender>) -> Self {
+        self.callbacks = Some(sender);
         self
     }
 
@@ -182,6 +203,7 @@ impl EngineBuilder {
                 rng: Mutex::new(rng),
                 store_retry,
                 pending_retries: watch::Sender::new(0),
+                callbacks: self.callbacks,
             }),
         })
     }
@@ -200,6 +222,8 @@ struct Inner {
     /// How many store writes are being retried; a graceful shutdown waits
     /// for it to reach 0.
     pending_retries: watch::Sender<usize>,
+    /// Where terminal events go, when callbacks are on.
+    callbacks: Option<Arc<dyn CallbackSender>>,
 }
 
 impl Inner {
@@ -238,6 +262,7 @@ impl Engine {
             clock: Arc::new(SystemClock),
             config: EngineConfig::default(),
             seed: None,
+            callbacks: None,
         }
     }
 
@@ -254,7 +279,8 @@ impl Engine {
     }
 
     /// Validates and stores a new `PENDING` call. Never waits for the provider.
-    /// Applies the configured pending TTL when `expires_at` is absent.
+    /// Applies the configured pending TTL when `expires_at` is absent, and
+    /// the default callback URL when `callback_url` is.
     ///
     /// Returns the call as it was stored: `PENDING` with no attempts, even if
     /// a running dispatcher dials it at once. With a repeated idempotency key,
@@ -270,6 +296,9 @@ impl Engine {
                 .config
                 .pending_ttl
                 .map(|ttl| clock::add(new.not_before.map_or(now, |at| at.max(now)), ttl));
+        }
+        if new.callback_url.is_none() {
+            new.callback_url.clone_from(&inner.config.default_callback_url);
         }
         validate_new_call(&new, now)?;
         let random = inner.with_rng(|rng| rng.random());
@@ -292,13 +321,24 @@ impl Engine {
         Ok(self.inner.store.get(id).await?)
     }
 
-    /// Updates a `PENDING` call's payload.
+    /// Updates a `PENDING` call's payload and schedule (`notBefore`,
+    /// `expiresAt`; the rules at creation apply to the result).
     ///
     /// # Errors
-    /// [`EngineError::NotFound`];
-    /// [`EngineError::Conflict`] when the call is not `PENDING`; [`EngineError::Store`].
-    pub async fn update_call(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, EngineError> {
-        Ok(self.inner.store.update_payload(id, patch).await?)
+    /// [`EngineError::NotFound`]; [`EngineError::Invalid`] naming
+    /// `expiresAt` or `notBefore`; [`EngineError::Conflict`] when the call is
+    /// not `PENDING`; [`EngineError::Store`].
+    pub async fn update_call(&self, id: CallId, patch: &CallPatch) -> Result<Call, EngineError> {
+        let now = self.inner.clock.now();
+        Ok(self.inner.store.update(id, patch, now).await?)
+    }
+
+    /// Every dial of a call, in dial order.
+    ///
+    /// # Errors
+    /// [`EngineError::NotFound`]; [`EngineError::Store`].
+    pub async fn attempts(&self, id: CallId) -> Result<Vec<Attempt>, EngineError> {
+        Ok(self.inner.store.attempts(id).await?)
     }
 
     /// One page of calls, newest first.
@@ -363,10 +403,16 @@ impl Engine {
         let (shutdown, stop) = watch::channel(false);
         let (sink, webhooks) = mpsc::channel(self.inner.config.webhook_queue);
         self.inner.provider.bind_webhooks(WebhookSink(sink));
+        let delivery = self
+            .inner
+            .callbacks
+            .clone()
+            .map(|sender| tokio::spawn(Arc::clone(&self.inner).deliver(sender, stop.clone())));
         EngineHandle {
             shutdown,
             intake: tokio::spawn(Arc::clone(&self.inner).intake(webhooks)),
             dispatcher: tokio::spawn(Arc::clone(&self.inner).dispatch(stop)),
+            delivery,
         }
     }
 }
@@ -377,6 +423,7 @@ pub struct EngineHandle {
     shutdown: watch::Sender<bool>,
     dispatcher: JoinHandle<()>,
     intake: JoinHandle<()>,
+    delivery: Option<JoinHandle<()>>,
 }
 
 impl EngineHandle {
@@ -387,6 +434,9 @@ impl EngineHandle {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.dispatcher.await;
+        if let Some(delivery) = self.delivery {
+            let _ = delivery.await;
+        }
         self.intake.abort();
     }
 
@@ -395,5 +445,8 @@ impl EngineHandle {
     pub fn abort(self) {
         self.dispatcher.abort();
         self.intake.abort();
+        if let Some(delivery) = self.delivery {
+            delivery.abort();
+        }
     }
 }
