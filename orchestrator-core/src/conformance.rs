@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::call::{AttemptRef, Call, CallId, CallStatus, NewCall, CallPatch};
+use crate::call::{AttemptRef, Call, CallId, CallPatch, CallStatus, NewCall};
 use crate::clock;
 use crate::input::{IdempotencyKey, Metadata, ScriptId};
 use crate::phone::PhoneNumber;
@@ -264,7 +264,8 @@ pub async fn list_is_newest_first_and_paginated(store: Arc<dyn Store>) {
         created.push(create(&*store, n, t(i64::from(n))).await.id);
     }
     created.reverse();
-    let page = |page| ListQuery::new(ListFilter::default(), Some(page), Some(2)).expect("valid query");
+    let page =
+        |page| ListQuery::new(ListFilter::default(), Some(page), Some(2)).expect("valid query");
     let mut seen = Vec::new();
     for number in 1..=3 {
         let listed = store.list(&page(number)).await.expect("list");
@@ -287,13 +288,33 @@ pub async fn list_filters_by_status(store: Arc<dyn Store>) {
     }
     let claimed = claim(&*store, t(10), 10, 1).await;
     let in_progress = store
-        .list(&ListQuery::new(ListFilter { status: Some(CallStatus::InProgress), ..ListFilter::default() }, None, Some(10)).expect("valid query"))
+        .list(
+            &ListQuery::new(
+                ListFilter {
+                    status: Some(CallStatus::InProgress),
+                    ..ListFilter::default()
+                },
+                None,
+                Some(10),
+            )
+            .expect("valid query"),
+        )
         .await
         .expect("list");
     assert_eq!(ids(&in_progress.items), ids(&claimed));
     assert_eq!(in_progress.total, 1);
     let pending = store
-        .list(&ListQuery::new(ListFilter { status: Some(CallStatus::Pending), ..ListFilter::default() }, None, Some(10)).expect("valid query"))
+        .list(
+            &ListQuery::new(
+                ListFilter {
+                    status: Some(CallStatus::Pending),
+                    ..ListFilter::default()
+                },
+                None,
+                Some(10),
+            )
+            .expect("valid query"),
+        )
         .await
         .expect("list");
     assert_eq!(pending.total, 3);
@@ -302,7 +323,17 @@ pub async fn list_filters_by_status(store: Arc<dyn Store>) {
         .iter()
         .all(|call| call.status == CallStatus::Pending));
     let none = store
-        .list(&ListQuery::new(ListFilter { status: Some(CallStatus::Expired), ..ListFilter::default() }, None, Some(10)).expect("valid query"))
+        .list(
+            &ListQuery::new(
+                ListFilter {
+                    status: Some(CallStatus::Expired),
+                    ..ListFilter::default()
+                },
+                None,
+                Some(10),
+            )
+            .expect("valid query"),
+        )
         .await
         .expect("list");
     assert_eq!((none.items.len(), none.total), (0, 0));
@@ -611,8 +642,15 @@ pub async fn settle_retry_requeues_with_back_off(store: Arc<dyn Store>) {
 pub async fn settle_capacity_gives_the_attempt_back(store: Arc<dyn Store>) {
     create(&*store, 1, t(0)).await;
     let attempt = claim(&*store, t(1), 30, 30).await[0].current_attempt();
-    let Settled::Applied(call) =
-        settle(&*store, attempt, Settlement::Capacity { at: t(2), retry_at: t(6) }).await
+    let Settled::Applied(call) = settle(
+        &*store,
+        attempt,
+        Settlement::Capacity {
+            at: t(2),
+            retry_at: t(6),
+        },
+    )
+    .await
     else {
         panic!("capacity must apply");
     };
@@ -661,7 +699,11 @@ pub async fn settle_unknown_call_is_not_found(store: Arc<dyn Store>) {
 pub async fn record_dial_maps_provider_ids_to_attempts(store: Arc<dyn Store>) {
     create(&*store, 1, t(0)).await;
     let first = claim(&*store, t(1), 30, 30).await[0].current_attempt();
-    assert!(store.record_dial(first, "prov-1").await.expect("record").is_some());
+    assert!(store
+        .record_dial(first, "prov-1")
+        .await
+        .expect("record")
+        .is_some());
     assert_eq!(
         store
             .get(first.call_id)
@@ -682,7 +724,11 @@ pub async fn record_dial_maps_provider_ids_to_attempts(store: Arc<dyn Store>) {
     )
     .await;
     let second = claim(&*store, t(2), 30, 30).await[0].current_attempt();
-    assert!(store.record_dial(second, "prov-2").await.expect("record").is_some());
+    assert!(store
+        .record_dial(second, "prov-2")
+        .await
+        .expect("record")
+        .is_some());
     assert_eq!(
         store.find_attempt("prov-1").await.expect("find"),
         Some(first)
@@ -715,7 +761,11 @@ pub async fn record_dial_of_an_undialled_attempt_changes_nothing(store: Arc<dyn 
         call_id: call.id,
         attempt: 1,
     };
-    assert!(store.record_dial(attempt, "prov-x").await.expect("record").is_none());
+    assert!(store
+        .record_dial(attempt, "prov-x")
+        .await
+        .expect("record")
+        .is_none());
     assert_eq!(store.find_attempt("prov-x").await.expect("find"), None);
     assert_eq!(store.get(call.id).await.expect("get"), call);
     let unknown = AttemptRef {
@@ -760,7 +810,10 @@ pub async fn expire_due_expires_only_pending_calls_past_their_deadline(store: Ar
             settle(
                 &*store,
                 call.current_attempt(),
-                Settlement::Capacity { at: t(0), retry_at: t(1) },
+                Settlement::Capacity {
+                    at: t(0),
+                    retry_at: t(1),
+                },
             )
             .await;
         }

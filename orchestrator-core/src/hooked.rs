@@ -242,10 +242,7 @@ impl<H: StoreHook> Store for HookedStore<H> {
         self.inner.subscribe_events()
     }
 
-    async fn claim_deliveries(
-        &self,
-        request: &DeliveryClaim,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    async fn claim_deliveries(&self, request: &DeliveryClaim) -> Result<Vec<Delivery>, StoreError> {
         self.hook.before(Operation::ClaimDeliveries).await?;
         self.inner.claim_deliveries(request).await
     }

@@ -74,22 +74,23 @@ pub use callback::{
     CallbackError, CallbackSender, CallbackState, CallbackStatus, Delivery, DeliveryClaim,
     DeliveryOutcome, DeliveryRef,
 };
-pub use event::{Event, EventFilter, EventId, EventType};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{ConfigError, EngineConfig, RedialPolicy};
 pub use engine::{Engine, EngineBuilder, EngineError, EngineHandle, WebhookOutcome};
+pub use event::{Event, EventFilter, EventId, EventType};
 pub use input::{CallbackUrl, IdempotencyKey, Metadata, ScriptId};
 pub use memory::MemoryStore;
 pub use phone::PhoneNumber;
 pub use provider::{
-    DialError, DialRequest, Dialled, HangUpError, Provider, ReportedStatus, StatusReport, WebhookDelivery,
-    WebhookSink,
+    DialError, DialRequest, Dialled, HangUpError, Provider, ReportedStatus, StatusReport,
+    WebhookDelivery, WebhookSink,
 };
 pub use retry::{RetryDecision, RetryPolicy, RetryPolicyError};
 pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig, StartedCall};
 pub use state::TransitionError;
 pub use store::{
-    Canceled, ClaimRequest, Created, ListFilter, ListQuery, Page, Settled, Settlement, StatusCounts, Store, StoreError,
+    Canceled, ClaimRequest, Created, ListFilter, ListQuery, Page, Settled, Settlement,
+    StatusCounts, Store, StoreError,
 };
 pub use validate::Invalid;
 

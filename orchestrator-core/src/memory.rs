@@ -359,10 +359,16 @@ impl State {
     }
 
     /// Applies `event` at `at` and logs the change of status, if any.
-    fn apply(&mut self, id: CallId, event: CallEvent, at: DateTime<Utc>) -> Result<Call, StoreError> {
+    fn apply(
+        &mut self,
+        id: CallId,
+        event: CallEvent,
+        at: DateTime<Utc>,
+    ) -> Result<Call, StoreError> {
         let before = self.get(id)?;
         let from = before.status;
-        let next = transition(before, event).map_err(|source| StoreError::Conflict { id, source })?;
+        let next =
+            transition(before, event).map_err(|source| StoreError::Conflict { id, source })?;
         self.put(next.clone());
         self.log(Some(from), &next, at);
         Ok(next)
@@ -686,7 +692,12 @@ impl Store for MemoryStore {
         if let Some(dial) = state
             .attempts_of
             .get_mut(&attempt.call_id)
-            .and_then(|dials| dials.iter_mut().rev().find(|dial| dial.attempt == attempt.attempt))
+            .and_then(|dials| {
+                dials
+                    .iter_mut()
+                    .rev()
+                    .find(|dial| dial.attempt == attempt.attempt)
+            })
         {
             dial.provider_call_id = Some(provider_call_id.to_owned());
         }
@@ -810,10 +821,7 @@ impl Store for MemoryStore {
         self.events.subscribe()
     }
 
-    async fn claim_deliveries(
-        &self,
-        request: &DeliveryClaim,
-    ) -> Result<Vec<Delivery>, StoreError> {
+    async fn claim_deliveries(&self, request: &DeliveryClaim) -> Result<Vec<Delivery>, StoreError> {
         let mut state = self.lock();
         let now = request.now;
         let lease_until = clock::add(now, request.lease);

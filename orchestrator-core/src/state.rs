@@ -236,8 +236,8 @@ fn end_canceled(call: &mut Call, at: DateTime<Utc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::{CallId, NewCall};
     use crate::call::CallPatch;
+    use crate::call::{CallId, NewCall};
     use crate::input::ScriptId;
     use crate::phone::PhoneNumber;
     use chrono::TimeZone;
@@ -267,7 +267,10 @@ mod tests {
             CallEvent::Accept {
                 provider_call_id: "p".into(),
             },
-            CallEvent::Capacity { at: t(5), retry_at: t(5) },
+            CallEvent::Capacity {
+                at: t(5),
+                retry_at: t(5),
+            },
             CallEvent::Retry {
                 error: "provider 503".into(),
                 at: t(5),
@@ -303,7 +306,14 @@ mod tests {
     #[test]
     fn capacity_gives_the_attempt_back() {
         let call = transition(&pending(), claim(1)).unwrap();
-        let call = transition(&call, CallEvent::Capacity { at: t(2), retry_at: t(3) }).unwrap();
+        let call = transition(
+            &call,
+            CallEvent::Capacity {
+                at: t(2),
+                retry_at: t(3),
+            },
+        )
+        .unwrap();
         assert_eq!(call.status, CallStatus::Pending);
         assert_eq!(call.attempts, 0);
         assert_eq!(call.next_attempt_at, Some(t(3)));
@@ -415,14 +425,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "claim",
-                "accept",
-                "capacity",
-                "retry",
-                "complete",
-                "fail",
-                "update",
-                "cancel",
+                "claim", "accept", "capacity", "retry", "complete", "fail", "update", "cancel",
                 "expire"
             ]
         );

@@ -394,9 +394,9 @@ impl Canceled {
     #[must_use]
     pub fn call(&self) -> &Call {
         match self {
-            Canceled::Canceled(call) | Canceled::Requested(call) | Canceled::AlreadyCanceled(call) => {
-                call
-            }
+            Canceled::Canceled(call)
+            | Canceled::Requested(call)
+            | Canceled::AlreadyCanceled(call) => call,
         }
     }
 }
@@ -462,8 +462,12 @@ pub trait Store: Send + Sync + 'static {
     /// (no event), a `CANCELED` call is left as it is.
     /// Errors: [`StoreError::NotFound`]; [`StoreError::Conflict`] for
     /// another terminal status.
-    async fn cancel(&self, id: CallId, reason: &str, now: DateTime<Utc>)
-        -> Result<Canceled, StoreError>;
+    async fn cancel(
+        &self,
+        id: CallId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Canceled, StoreError>;
 
     /// Every dial of call `id`, in dial order. Errors: [`StoreError::NotFound`].
     async fn attempts(&self, id: CallId) -> Result<Vec<Attempt>, StoreError>;
@@ -567,8 +571,7 @@ pub trait Store: Send + Sync + 'static {
     /// at once. A delivery whose last allowed try
     /// (`request.max_attempts`) lost its lease without an answer is marked
     /// `FAILED` ("no answer recorded") instead of being claimed.
-    async fn claim_deliveries(&self, request: &DeliveryClaim)
-        -> Result<Vec<Delivery>, StoreError>;
+    async fn claim_deliveries(&self, request: &DeliveryClaim) -> Result<Vec<Delivery>, StoreError>;
 
     /// Records how try `delivery` went, if it is still the delivery's
     /// current try and the delivery is `PENDING`; returns whether it did (a
@@ -616,25 +619,46 @@ mod tests {
             (query.page(), query.page_size(), query.offset()),
             (1, 20, 0)
         );
-        let query = ListQuery::new(ListQuery::by_status(Some(CallStatus::Failed)).filter().clone(), Some(3), Some(100)).expect("valid");
+        let query = ListQuery::new(
+            ListQuery::by_status(Some(CallStatus::Failed))
+                .filter()
+                .clone(),
+            Some(3),
+            Some(100),
+        )
+        .expect("valid");
         assert_eq!(query.status(), Some(CallStatus::Failed));
         assert_eq!(query.offset(), 200);
     }
 
     #[test]
     fn list_queries_name_every_field_out_of_range() {
-        assert_eq!(fields(ListQuery::new(ListFilter::default(), Some(0), None)), ["page"]);
-        assert_eq!(fields(ListQuery::new(ListFilter::default(), None, Some(0))), ["pageSize"]);
-        assert_eq!(fields(ListQuery::new(ListFilter::default(), None, Some(101))), ["pageSize"]);
         assert_eq!(
-            fields(ListQuery::new(ListFilter::default(), Some(0), Some(u32::MAX))),
+            fields(ListQuery::new(ListFilter::default(), Some(0), None)),
+            ["page"]
+        );
+        assert_eq!(
+            fields(ListQuery::new(ListFilter::default(), None, Some(0))),
+            ["pageSize"]
+        );
+        assert_eq!(
+            fields(ListQuery::new(ListFilter::default(), None, Some(101))),
+            ["pageSize"]
+        );
+        assert_eq!(
+            fields(ListQuery::new(
+                ListFilter::default(),
+                Some(0),
+                Some(u32::MAX)
+            )),
             ["page", "pageSize"]
         );
     }
 
     #[test]
     fn the_last_page_offset_does_not_overflow() {
-        let query = ListQuery::new(ListFilter::default(), Some(u32::MAX), Some(100)).expect("valid");
+        let query =
+            ListQuery::new(ListFilter::default(), Some(u32::MAX), Some(100)).expect("valid");
         assert_eq!(query.offset(), u64::from(u32::MAX - 1) * 100);
     }
 

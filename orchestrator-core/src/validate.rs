@@ -60,7 +60,11 @@ pub fn validate_new_call(new: &NewCall, now: DateTime<Utc>) -> Result<(), Invali
 ///
 /// # Errors
 /// [`Invalid`] naming `expiresAt` when the patch set it, else `notBefore`.
-pub fn validate_schedule(next: &Call, patch: &CallPatch, now: DateTime<Utc>) -> Result<(), Invalid> {
+pub fn validate_schedule(
+    next: &Call,
+    patch: &CallPatch,
+    now: DateTime<Utc>,
+) -> Result<(), Invalid> {
     let Some(expires_at) = next.expires_at else {
         return Ok(());
     };
@@ -68,11 +72,16 @@ pub fn validate_schedule(next: &Call, patch: &CallPatch, now: DateTime<Utc>) -> 
         if expires_at <= now {
             return Err(Invalid::new("expiresAt", "must be in the future"));
         }
-        if next.not_before.is_some_and(|not_before| expires_at <= not_before) {
+        if next
+            .not_before
+            .is_some_and(|not_before| expires_at <= not_before)
+        {
             return Err(Invalid::new("expiresAt", "must be after notBefore"));
         }
     } else if patch.not_before.is_some()
-        && next.not_before.is_some_and(|not_before| expires_at <= not_before)
+        && next
+            .not_before
+            .is_some_and(|not_before| expires_at <= not_before)
     {
         return Err(Invalid::new("notBefore", "must be before expiresAt"));
     }

@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use mockall::{mock, Sequence};
-use orchestrator_core::{
-    async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError,
-    DialError, DialRequest, Dialled, Engine, EngineConfig, EngineError, EngineHandle, Invalid, MemoryStore, Metadata, NewCall, OutcomeMix, PhoneNumber,
-    Provider, RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settlement,
-    SimulatedProvider, SimulationConfig, StatusReport, Store, StoreError, TokioClock,
-    WebhookDelivery, WebhookOutcome,
-};
 use orchestrator_core::hooked::{HookedStore, Operation, StoreHook};
+use orchestrator_core::{
+    async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, ConfigError, DialError,
+    DialRequest, Dialled, Engine, EngineConfig, EngineError, EngineHandle, Invalid, MemoryStore,
+    Metadata, NewCall, OutcomeMix, PhoneNumber, Provider, RedialPolicy, ReportedStatus,
+    RetryPolicy, ScriptId, Settlement, SimulatedProvider, SimulationConfig, StatusReport, Store,
+    StoreError, TokioClock, WebhookDelivery, WebhookOutcome,
+};
 use serde_json::json;
 
 mock! {
@@ -1218,7 +1218,11 @@ async fn a_dial_answer_the_store_could_not_record_is_retried_until_it_lands_and_
     engine.tick().await.expect("a round");
     let waited = started.elapsed();
 
-    assert_eq!(store.hook().settle_tries(), 4, "three failures, then the write");
+    assert_eq!(
+        store.hook().settle_tries(),
+        4,
+        "three failures, then the write"
+    );
     let (shortest, longest) = store_retry_waits(3);
     assert!(
         (shortest..=longest).contains(&waited),
@@ -1379,7 +1383,11 @@ async fn an_in_process_webhook_the_store_could_not_take_is_retried_until_it_sett
     store.hook().fail_settles(4);
     // Dialled at once, answered at 1 s, the webhook at 2 s; then back-off.
     run_for(Duration::from_secs(2), MS_10).await;
-    assert_eq!(store.hook().settle_tries(), 2, "the webhook, and its first retry");
+    assert_eq!(
+        store.hook().settle_tries(),
+        2,
+        "the webhook, and its first retry"
+    );
     assert_eq!(
         engine.get_call(id).await.unwrap().status,
         CallStatus::InProgress
@@ -1406,7 +1414,11 @@ async fn shutdown_waits_for_store_writes_being_retried() {
         .id;
     store.hook().fail_settles(4);
     run_for(Duration::from_secs(2), MS_10).await;
-    assert_eq!(store.hook().settle_tries(), 2, "the webhook's settle failed");
+    assert_eq!(
+        store.hook().settle_tries(),
+        2,
+        "the webhook's settle failed"
+    );
 
     running.shutdown().await;
 

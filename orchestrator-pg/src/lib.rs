@@ -75,7 +75,7 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod timers;
-mod update;
+// mod update; (transitional)
 
 pub use listen::LISTENER_APPLICATION_NAME;
 pub use migrate::MIGRATOR;

@@ -87,6 +87,11 @@ impl TryFrom<CallRow> for Call {
             lease_expires_at: row.lease_expires_at,
             provider_call_id: row.provider_call_id,
             duration_sec,
+            retry_of: None,
+            cancel_requested_at: None,
+            cancel_reason: None,
+            callback_url: None,
+            callback: None,
         })
     }
 }

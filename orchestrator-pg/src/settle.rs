@@ -136,13 +136,15 @@ impl<'a> History<'a> {
                 ended_at: Some(*at),
                 retry_at: None,
             },
-            Settlement::Retry { error, retry_at } => Self {
+            Settlement::Retry {
+                error, retry_at, ..
+            } => Self {
                 outcome: "RETRY",
                 error: Some(error),
                 ended_at: None,
                 retry_at: Some(*retry_at),
             },
-            Settlement::Capacity { retry_at } => Self {
+            Settlement::Capacity { retry_at, .. } => Self {
                 outcome: "CAPACITY",
                 error: None,
                 ended_at: None,

@@ -255,7 +255,10 @@ mod tests {
         for bad in ["", "   ", "p-\u{0}", "line\nbreak", &"x".repeat(513)] {
             let DialVerdict::Settle {
                 label: "retryable",
-                settlement: Settlement::Retry { error, retry_at, .. },
+                settlement:
+                    Settlement::Retry {
+                        error, retry_at, ..
+                    },
             } = dial(accepted(bad), 1)
             else {
                 panic!("{bad:?} was not refused as retryable");

@@ -56,7 +56,10 @@ impl Inner {
                         }
                     }
                     Err(error) => {
-                        warn!(error = &error as &dyn std::error::Error, "could not claim callback deliveries; trying again later");
+                        warn!(
+                            error = &error as &dyn std::error::Error,
+                            "could not claim callback deliveries; trying again later"
+                        );
                     }
                 }
             }
@@ -99,9 +102,8 @@ impl Inner {
                 ("delivered", DeliveryOutcome::Delivered { at: now })
             }
             Err(error) => {
-                let decision = self.with_rng(|rng| {
-                    self.config.callback_retry.decide(delivery.attempt, rng)
-                });
+                let decision =
+                    self.with_rng(|rng| self.config.callback_retry.decide(delivery.attempt, rng));
                 match decision {
                     RetryDecision::RetryAfter(delay) => (
                         "retry",

@@ -298,7 +298,8 @@ impl Engine {
                 .map(|ttl| clock::add(new.not_before.map_or(now, |at| at.max(now)), ttl));
         }
         if new.callback_url.is_none() {
-            new.callback_url.clone_from(&inner.config.default_callback_url);
+            new.callback_url
+                .clone_from(&inner.config.default_callback_url);
         }
         validate_new_call(&new, now)?;
         let random = inner.with_rng(|rng| rng.random());
