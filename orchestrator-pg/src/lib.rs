@@ -59,23 +59,27 @@
 //! # Ok(()) }
 //! ```
 
+mod cancel;
 mod claim;
 mod connect;
 mod counts;
 mod create;
+mod deliveries;
 mod error;
+mod events;
 mod listen;
 mod migrate;
 mod purge;
 mod read;
 mod row;
 mod schema;
+mod sequencer;
 mod settle;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod timers;
-// mod update; (transitional)
+mod update;
 
 pub use listen::LISTENER_APPLICATION_NAME;
 pub use migrate::MIGRATOR;
