@@ -3,7 +3,9 @@
 //! duration, then reports an outcome through the engine's webhook intake by
 //! itself, so an embedded engine works with no other setup. Faults (5xx, 429,
 //! timeouts, lost, duplicate and early webhooks) are drawn from the same seed,
-//! so a run replays exactly under tokio's paused clock.
+//! so a run replays exactly under tokio's paused clock. It can hang up a live
+//! call ([`Provider::hang_up`]): the call ends at once and its webhook
+//! reports `FAILED`.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -13,11 +15,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tokio::sync::oneshot;
 
 use crate::call::AttemptRef;
 use crate::provider::{
-    DialError, DialRequest, Dialled, Provider, ReportedStatus, StatusReport, WebhookDelivery,
-    WebhookSink,
+    DialError, DialRequest, Dialled, HangUpError, Provider, ReportedStatus, StatusReport,
+    WebhookDelivery, WebhookSink,
 };
 
 /// Relative weights of the outcomes a completed dial reports.
@@ -313,8 +316,11 @@ struct State {
     /// Idempotency key → provider call id, so a re-sent attempt starts nothing new.
     by_key: HashMap<AttemptRef, String>,
     started: Vec<StartedCall>,
+    /// Calls still talking, by provider id: a hang-up ends one through its sender.
+    live: HashMap<String, oneshot::Sender<()>>,
     requests: u64,
     webhooks_sent: u64,
+    hang_ups: u64,
 }
 
 /// What one dial request will do, drawn up front so draws stay in a fixed order.
@@ -357,8 +363,10 @@ impl SimulatedProvider {
                 sinks: Vec::new(),
                 by_key: HashMap::new(),
                 started: Vec::new(),
+                live: HashMap::new(),
                 requests: 0,
                 webhooks_sent: 0,
+                hang_ups: 0,
             })),
         }
     }
@@ -388,6 +396,12 @@ impl SimulatedProvider {
     #[must_use]
     pub fn webhooks_sent(&self) -> u64 {
         self.lock().webhooks_sent
+    }
+
+    /// Live calls ended by [`Provider::hang_up`].
+    #[must_use]
+    pub fn hang_ups(&self) -> u64 {
+        self.lock().hang_ups
     }
 
     fn draw(&self) -> Draw {
@@ -480,16 +494,34 @@ impl SimulatedProvider {
         }
     }
 
+    /// Lets the call talk for its drawn duration (or until it is hung up),
+    /// then sends its webhook, unless the draw lost it.
     fn call_back_later(&self, attempt: AttemptRef, provider_call_id: String, draw: &Draw) {
-        if draw.lost {
-            return;
-        }
         let provider = self.clone();
-        let report = report(provider_call_id, draw);
+        let mut report = report(provider_call_id.clone(), draw);
         let (delay, copies) = (draw.duration, if draw.duplicate { 2 } else { 1 });
+        let lost = draw.lost;
+        let (hang_up, hung_up) = oneshot::channel();
+        self.lock().live.insert(provider_call_id.clone(), hang_up);
+        let started = tokio::time::Instant::now();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            provider.deliver(attempt, report, copies).await;
+            let hung_up = tokio::select! {
+                biased;
+                Ok(()) = hung_up => true,
+                // A hang-up at the very instant the call ended took the
+                // entry first: it counts as the hang-up it was counted as.
+                () = tokio::time::sleep(delay) => provider.lock().live.remove(&provider_call_id).is_none(),
+            };
+            if hung_up {
+                // The call ends now, as a failed one, having talked for as
+                // long as it did.
+                report.status = ReportedStatus::Failed;
+                report.duration_sec =
+                    Some(u32::try_from(started.elapsed().as_secs()).unwrap_or(u32::MAX));
+            }
+            if !lost {
+                provider.deliver(attempt, report, copies).await;
+            }
         });
     }
 }
@@ -547,6 +579,26 @@ impl Provider for SimulatedProvider {
                 Ok(Dialled { provider_call_id })
             }
         }
+    }
+
+    /// Ends the live call `provider_call_id` at once: its webhook (unless
+    /// the draw lost it) reports `FAILED` now instead of its drawn outcome
+    /// later. A call that has ended, or was never started, is `Ok` and
+    /// changes nothing. Draws nothing, so a run with hang-ups replays
+    /// exactly under its seed.
+    async fn hang_up(
+        &self,
+        provider_call_id: &str,
+        _attempt: AttemptRef,
+    ) -> Result<(), HangUpError> {
+        let mut state = self.lock();
+        if let Some(live) = state.live.remove(provider_call_id) {
+            state.hang_ups += 1;
+            // The talking task reads a missing entry as a hang-up too, so
+            // it need not be listening any more.
+            let _ = live.send(());
+        }
+        Ok(())
     }
 
     fn bind_webhooks(&self, sink: WebhookSink) {
@@ -936,6 +988,152 @@ mod tests {
         provider.start_call(&request(2, 1)).await.unwrap();
         tokio::time::sleep(secs(60)).await;
         assert_eq!(provider.webhooks_sent(), 2, "sent, though nobody listened");
+    }
+
+    // --------------------------------------------------------- hang-ups
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_up_call_ends_at_once_and_its_webhook_reports_failed() {
+        let provider = provider(Faults::default());
+        let mut webhooks = bind(&provider);
+        let attempt = request(1, 1).attempt;
+        let dialled = provider.start_call(&request(1, 1)).await.expect("accepted");
+        tokio::time::sleep(secs(3)).await;
+        let hung_up = Instant::now();
+        assert_eq!(
+            provider.hang_up(&dialled.provider_call_id, attempt).await,
+            Ok(())
+        );
+        let webhook = webhooks.recv().await.expect("the sink is open");
+        assert_eq!(hung_up.elapsed(), Duration::ZERO, "at once");
+        assert_eq!(
+            webhook,
+            WebhookDelivery {
+                report: StatusReport {
+                    provider_call_id: dialled.provider_call_id.clone(),
+                    status: ReportedStatus::Failed,
+                    duration_sec: Some(3),
+                    completed_at: None,
+                },
+                attempt: Some(attempt),
+            }
+        );
+        assert!(
+            delivered(&mut webhooks).await.is_empty(),
+            "no later webhook"
+        );
+        assert_eq!((provider.hang_ups(), provider.webhooks_sent()), (1, 1));
+        assert_eq!(
+            provider.hang_up(&dialled.provider_call_id, attempt).await,
+            Ok(()),
+            "hanging up again changes nothing"
+        );
+        assert_eq!(provider.hang_ups(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hanging_up_an_ended_or_unknown_call_is_ok_and_changes_nothing() {
+        let provider = provider(Faults::default());
+        let mut webhooks = bind(&provider);
+        let attempt = request(1, 1).attempt;
+        let dialled = provider.start_call(&request(1, 1)).await.expect("accepted");
+        let ended = delivered(&mut webhooks).await;
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].report.status, ReportedStatus::Completed);
+        assert_eq!(
+            provider.hang_up(&dialled.provider_call_id, attempt).await,
+            Ok(())
+        );
+        assert_eq!(provider.hang_up("sim-unknown", attempt).await, Ok(()));
+        assert!(delivered(&mut webhooks).await.is_empty());
+        assert_eq!((provider.hang_ups(), provider.webhooks_sent()), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_up_call_keeps_its_webhook_faults() {
+        let attempt = request(1, 1).attempt;
+        let lost = provider(Faults::default().with_lost_webhook(1.0));
+        let duplicated = provider(Faults::default().with_duplicate_webhook(1.0));
+        for (faulty, copies) in [(lost, 0), (duplicated, 2)] {
+            let mut webhooks = bind(&faulty);
+            let dialled = faulty.start_call(&request(1, 1)).await.expect("accepted");
+            faulty
+                .hang_up(&dialled.provider_call_id, attempt)
+                .await
+                .expect("hung up");
+            let sent = delivered(&mut webhooks).await;
+            assert_eq!(sent.len(), copies);
+            assert!(sent
+                .iter()
+                .all(|webhook| webhook.report.status == ReportedStatus::Failed));
+            assert_eq!(faulty.hang_ups(), 1);
+        }
+    }
+
+    /// A call that timed out at the dial but started anyway can be hung up too.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_started_by_a_timed_out_dial_can_be_hung_up() {
+        let provider = provider(Faults::default().with_timeout(1.0, secs(4)));
+        let mut webhooks = bind(&provider);
+        for n in 0..10 {
+            let _ = provider.start_call(&request(n, 1)).await;
+            // Still talking: the dial hung up after 5 s of a 10 s call.
+            if let Some(call) = provider.started_calls().last() {
+                provider
+                    .hang_up(&call.provider_call_id, call.attempt)
+                    .await
+                    .expect("hung up");
+            }
+        }
+        let started = provider.started_calls();
+        assert!(!started.is_empty());
+        assert_eq!(provider.hang_ups(), started.len() as u64);
+        let sent = delivered(&mut webhooks).await;
+        assert_eq!(sent.len(), started.len());
+        assert!(sent
+            .iter()
+            .all(|webhook| webhook.report.status == ReportedStatus::Failed));
+    }
+
+    /// Hang-ups draw nothing from the seed: the dials after one go as they
+    /// would have gone without it.
+    #[tokio::test(start_paused = true)]
+    async fn hang_ups_leave_the_seeded_draws_alone() {
+        async fn run(hang_up: bool) -> (Vec<String>, Vec<ReportedStatus>) {
+            let provider = SimulatedProvider::new(
+                SimulationConfig::default()
+                    .with_seed(11)
+                    .with_faults(Faults::default().with_server_error(0.3)),
+            );
+            let mut webhooks = bind(&provider);
+            let mut results = Vec::new();
+            for n in 0..6 {
+                let result = provider.start_call(&request(n, 1)).await;
+                if let (0, Ok(dialled)) = (n, &result) {
+                    if hang_up {
+                        provider
+                            .hang_up(&dialled.provider_call_id, request(n, 1).attempt)
+                            .await
+                            .expect("hung up");
+                    }
+                }
+                results.push(result.map_or_else(|e| e.to_string(), |d| d.provider_call_id));
+            }
+            let mut statuses: Vec<(String, ReportedStatus)> = delivered(&mut webhooks)
+                .await
+                .into_iter()
+                .map(|webhook| (webhook.report.provider_call_id, webhook.report.status))
+                .collect();
+            statuses.sort_by(|a, b| a.0.cmp(&b.0));
+            let first = results[0].clone();
+            let statuses = statuses
+                .into_iter()
+                .filter(|(id, _)| *id != first)
+                .map(|(_, status)| status)
+                .collect();
+            (results, statuses)
+        }
+        assert_eq!(run(true).await, run(false).await);
     }
 
     /// The ids `seed`'s provider gives three accepted dials.

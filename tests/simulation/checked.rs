@@ -8,8 +8,13 @@
 //!   only the calls it was asked to change; `claim` hands out due `PENDING`
 //!   calls only, never one attempt twice, never past the request's cap or
 //!   limit; `settle` and `record_dial` act if, and only if, the attempt is the
-//!   call's current one and `IN_PROGRESS`; `update_payload` succeeds only on
-//!   `PENDING` calls and answers `Conflict` otherwise; `expire_due` expires
+//!   call's current one and `IN_PROGRESS`; `update` succeeds only on
+//!   `PENDING` calls whose new schedule is valid and answers `Conflict` or
+//!   `Invalid` otherwise; `cancel` answers by the call's status; a call whose
+//!   cancel was requested is never `PENDING` again and ends `CANCELED` unless
+//!   `COMPLETED`; the event log holds exactly one event per change of
+//!   status, of its type, with the call as changed; deliveries change only
+//!   calls' `callback`; `expire_due` expires
 //!   only `PENDING` calls past their deadline; `purge_ended_before` deletes
 //!   only terminal calls that ended before the cutoff, at most its limit,
 //!   those that ended first, and no call disappears otherwise.
@@ -32,9 +37,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use orchestrator_core::validate::validate_schedule;
 use orchestrator_core::{
-    async_trait, AttemptRef, Call, CallId, CallStatus, ClaimRequest, Clock, Created, ListQuery,
-    MemoryStore, NewCall, Page, PayloadPatch, PhoneNumber, RetryPolicy, ScriptId, Settled,
+    async_trait, Attempt, AttemptRef, Call, CallId, CallPatch, CallStatus, Canceled, ClaimRequest,
+    Clock, Created, Delivery, DeliveryClaim, DeliveryOutcome, DeliveryRef, Event, EventId,
+    EventType, ListQuery, MemoryStore, NewCall, Page, PhoneNumber, RetryPolicy, ScriptId, Settled,
     Settlement, StatusCounts, Store, StoreError, TokioClock,
 };
 use tokio::sync::watch;
@@ -67,6 +74,10 @@ struct Checker {
     claimed: BTreeSet<AttemptRef>,
     /// When each call last became PENDING again after an attempt.
     pending_since: BTreeMap<CallId, DateTime<Utc>>,
+    /// The newest event checked.
+    events_seen: EventId,
+    /// Every status each call went through, as the checks saw them.
+    statuses: BTreeMap<CallId, Vec<CallStatus>>,
     violations: Vec<String>,
 }
 
@@ -136,6 +147,33 @@ impl CheckedStore {
         lock(&self.checker).violations.clone()
     }
 
+    /// Replays the whole event log per call: each call's events must give
+    /// exactly the statuses it went through, ending in its status now.
+    pub(crate) fn event_log_violations(&self) -> Vec<String> {
+        let _gate = lock(&self.gate);
+        let events = in_place(self.inner.events_after(EventId(0), u32::MAX)).expect("events");
+        let mut replayed: BTreeMap<CallId, Vec<CallStatus>> = BTreeMap::new();
+        for event in &events {
+            replayed
+                .entry(event.call.id)
+                .or_default()
+                .push(event.call.status);
+        }
+        let checker = lock(&self.checker);
+        let mut violations = Vec::new();
+        for call in self.inner.snapshot() {
+            let went_through = checker.statuses.get(&call.id);
+            let logged = replayed.get(&call.id);
+            if logged != went_through || logged.and_then(|log| log.last()) != Some(&call.status) {
+                violations.push(format!(
+                    "call {} went through {went_through:?}, ends {}, its events say {logged:?}",
+                    call.id, call.status
+                ));
+            }
+        }
+        violations
+    }
+
     /// Runs `operation` under the gate, then checks: `judge` sees the result
     /// and the calls as they were before, and names the calls the operation
     /// may have changed plus any violation of its own contract.
@@ -183,11 +221,25 @@ impl CheckedStore {
             let Some(before) = before else {
                 continue;
             };
-            if before.status.is_terminal() && before != call {
+            if before.status.is_terminal() && !same_but_callback(before, call) {
                 violations.push(format!(
                     "terminal call {} changed: {before:?} -> {call:?}",
                     call.id
                 ));
+            }
+            if before.cancel_requested_at.is_some() {
+                let kept = call.cancel_requested_at == before.cancel_requested_at
+                    && call.cancel_reason == before.cancel_reason;
+                let ends = matches!(
+                    call.status,
+                    CallStatus::InProgress | CallStatus::Completed | CallStatus::Canceled
+                );
+                if !kept || !ends {
+                    violations.push(format!(
+                        "call {} with a cancel request became {call:?}",
+                        call.id
+                    ));
+                }
             }
             // A 429 gives the attempt back: the re-dial reuses its number (and
             // idempotency key), so it may be claimed again.
@@ -198,6 +250,7 @@ impl CheckedStore {
                 checker.claimed.remove(&before.current_attempt());
             }
         }
+        self.check_events(checker, &calls, &mut violations);
         if let Some(rules) = &self.engine {
             check_engine_rules(rules, checker, &calls, &mut violations);
         }
@@ -215,6 +268,71 @@ impl CheckedStore {
             );
         }
         checker.violations.extend(violations);
+    }
+
+    /// The events written since the last check must be exactly one per
+    /// call whose status changed, of the change's type, with the call as
+    /// it now is.
+    fn check_events(&self, checker: &mut Checker, calls: &[Call], violations: &mut Vec<String>) {
+        let events =
+            in_place(self.inner.events_after(checker.events_seen, u32::MAX)).expect("events");
+        let mut new: BTreeMap<CallId, Vec<&Event>> = BTreeMap::new();
+        for event in &events {
+            if event.id <= checker.events_seen {
+                violations.push(format!(
+                    "event {} is not after {}",
+                    event.id, checker.events_seen
+                ));
+            }
+            checker.events_seen = event.id;
+            new.entry(event.call.id).or_default().push(event);
+        }
+        for call in calls {
+            let from = checker.last.get(&call.id).map(|before| before.status);
+            let logged = new.remove(&call.id).unwrap_or_default();
+            let expected = EventType::of_change(from, call.status);
+            if expected.is_some() {
+                checker
+                    .statuses
+                    .entry(call.id)
+                    .or_default()
+                    .push(call.status);
+            }
+            let fits = match (expected, logged.as_slice()) {
+                (None, []) => true,
+                (Some(kind), [event]) => event.kind == kind && &event.call == call,
+                _ => false,
+            };
+            if !fits {
+                violations.push(format!(
+                    "call {} went {from:?} -> {}, logged {:?}",
+                    call.id,
+                    call.status,
+                    logged
+                        .iter()
+                        .map(|event| (event.id, event.kind))
+                        .collect::<Vec<_>>()
+                ));
+            }
+        }
+        for (id, events) in new {
+            violations.push(format!("{} events of unknown call {id}", events.len()));
+        }
+    }
+
+    /// The calls a delivery operation changed: only their `callback` may
+    /// differ (any other change is left for [`record`](Self::record) to report).
+    fn callback_changes(&self, before: &BTreeMap<CallId, Call>) -> BTreeSet<CallId> {
+        self.inner
+            .snapshot()
+            .into_iter()
+            .filter(|call| {
+                before
+                    .get(&call.id)
+                    .is_some_and(|old| old != call && same_but_callback(old, call))
+            })
+            .map(|call| call.id)
+            .collect()
     }
 
     fn judge_claim(
@@ -253,6 +371,9 @@ impl CheckedStore {
                 Some(before) => {
                     if before.status != CallStatus::Pending {
                         violations.push(format!("claimed {} while {}", call.id, before.status));
+                    }
+                    if before.cancel_requested_at.is_some() {
+                        violations.push(format!("claimed {} after its cancel", call.id));
                     }
                     if before.due_at() > request.now {
                         violations.push(format!(
@@ -393,6 +514,13 @@ fn judge_purge(
     (ids, violations)
 }
 
+/// Whether `a` and `b` differ at most in their `callback`.
+fn same_but_callback(a: &Call, b: &Call) -> bool {
+    let mut a = a.clone();
+    a.callback.clone_from(&b.callback);
+    a == *b
+}
+
 fn only(id: CallId) -> BTreeSet<CallId> {
     BTreeSet::from([id])
 }
@@ -430,25 +558,84 @@ impl Store for CheckedStore {
         self.inner.get(id).await
     }
 
-    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
-        let operation = self.inner.update_payload(id, patch);
-        self.checked("update_payload", operation, |result, before| {
-            let pending = before
-                .get(&id)
-                .map(|call| call.status == CallStatus::Pending);
-            let fits = matches!(
-                (result, pending),
-                (Ok(_), Some(true))
-                    | (Err(StoreError::Conflict { .. }), Some(false))
-                    | (Err(StoreError::NotFound(_)), None)
-            );
+    async fn update(
+        &self,
+        id: CallId,
+        patch: &CallPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Call, StoreError> {
+        let operation = self.inner.update(id, patch, now);
+        self.checked("update", operation, |result, before| {
+            let fits = match (before.get(&id), result) {
+                (Some(call), Ok(updated)) if call.status == CallStatus::Pending => {
+                    let next = patch.apply_to(call);
+                    validate_schedule(&next, patch, now).is_ok() && *updated == next
+                }
+                (Some(call), Err(StoreError::Invalid(_))) if call.status == CallStatus::Pending => {
+                    validate_schedule(&patch.apply_to(call), patch, now).is_err()
+                }
+                (Some(call), Err(StoreError::Conflict { .. })) => {
+                    call.status != CallStatus::Pending
+                }
+                (None, Err(StoreError::NotFound(_))) => true,
+                _ => false,
+            };
             let violations = if fits {
                 Vec::new()
             } else {
-                vec![format!("update_payload of {id} answered {result:?}")]
+                vec![format!("update of {id} answered {result:?}")]
             };
             (only(id), violations)
         })
+    }
+
+    async fn cancel(
+        &self,
+        id: CallId,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Canceled, StoreError> {
+        let operation = self.inner.cancel(id, reason, now);
+        self.checked("cancel", operation, |result, before| {
+            let stored = self.inner.snapshot().into_iter().find(|call| call.id == id);
+            let fits = match (before.get(&id), result) {
+                (Some(call), Ok(Canceled::Canceled(after))) => {
+                    call.status == CallStatus::Pending
+                        && after.status == CallStatus::Canceled
+                        && after.ended_at.is_some()
+                }
+                (Some(call), Ok(Canceled::Requested(after))) => {
+                    call.status == CallStatus::InProgress
+                        && after.status == CallStatus::InProgress
+                        && after.cancel_requested_at.is_some()
+                        && (call.cancel_requested_at.is_none()
+                            || call.cancel_requested_at == after.cancel_requested_at)
+                }
+                (Some(call), Ok(Canceled::AlreadyCanceled(after))) => {
+                    call.status == CallStatus::Canceled && after == call
+                }
+                (Some(call), Err(StoreError::Conflict { .. })) => matches!(
+                    call.status,
+                    CallStatus::Completed | CallStatus::Failed | CallStatus::Expired
+                ),
+                (None, Err(StoreError::NotFound(_))) => true,
+                _ => false,
+            };
+            let returned_as_stored = match result {
+                Ok(canceled) => Some(canceled.call()) == stored.as_ref(),
+                Err(_) => true,
+            };
+            let violations = if fits && returned_as_stored {
+                Vec::new()
+            } else {
+                vec![format!("cancel of {id} answered {result:?}")]
+            };
+            (only(id), violations)
+        })
+    }
+
+    async fn attempts(&self, id: CallId) -> Result<Vec<Attempt>, StoreError> {
+        self.inner.attempts(id).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
@@ -473,14 +660,23 @@ impl Store for CheckedStore {
         &self,
         attempt: AttemptRef,
         provider_call_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Call>, StoreError> {
         let operation = self.inner.record_dial(attempt, provider_call_id);
         self.checked("record_dial", operation, |result, before| {
             let mut violations = Vec::new();
             if let Ok(recorded) = result {
-                if *recorded != is_current(before, attempt) {
+                let stored = self
+                    .inner
+                    .snapshot()
+                    .into_iter()
+                    .find(|call| call.id == attempt.call_id);
+                let fits = match recorded {
+                    Some(call) => is_current(before, attempt) && Some(call) == stored.as_ref(),
+                    None => !is_current(before, attempt),
+                };
+                if !fits {
                     violations.push(format!(
-                        "record_dial of attempt {attempt} answered {recorded}"
+                        "record_dial of attempt {attempt} answered {recorded:?}"
                     ));
                 }
             }
@@ -497,9 +693,26 @@ impl Store for CheckedStore {
         attempt: AttemptRef,
         settlement: Settlement,
     ) -> Result<Settled, StoreError> {
+        let completed = matches!(settlement, Settlement::Completed { .. });
         let operation = self.inner.settle(attempt, settlement);
         self.checked("settle", operation, |result, before| {
             let mut violations = Vec::new();
+            let cancel_requested = before
+                .get(&attempt.call_id)
+                .is_some_and(|call| call.cancel_requested_at.is_some());
+            if let (Ok(Settled::Applied(call)), true) = (result, cancel_requested) {
+                let expected = if completed {
+                    CallStatus::Completed
+                } else {
+                    CallStatus::Canceled
+                };
+                if call.status != expected {
+                    violations.push(format!(
+                        "settle of cancel-requested attempt {attempt} ended it {}",
+                        call.status
+                    ));
+                }
+            }
             if let Ok(settled) = result {
                 let applied = matches!(settled, Settled::Applied(_));
                 if applied != is_current(before, attempt) {
@@ -569,6 +782,59 @@ impl Store for CheckedStore {
                 .collect();
             judge_purge(cutoff, limit, *count, &purged, before)
         })
+    }
+
+    async fn events_after(&self, after: EventId, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.inner.events_after(after, limit).await
+    }
+
+    async fn last_event_id(&self) -> Result<EventId, StoreError> {
+        self.inner.last_event_id().await
+    }
+
+    fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.inner.subscribe_events()
+    }
+
+    async fn claim_deliveries(&self, request: &DeliveryClaim) -> Result<Vec<Delivery>, StoreError> {
+        let operation = self.inner.claim_deliveries(request);
+        self.checked("claim_deliveries", operation, |result, before| {
+            let mut violations = Vec::new();
+            for delivery in result.iter().flatten() {
+                let call = before.get(&delivery.event.call.id);
+                let fits = delivery.event.kind.is_terminal()
+                    && call.is_some_and(|call| {
+                        call.status.is_terminal()
+                            && call.callback_url.as_ref() == Some(&delivery.url)
+                    })
+                    && delivery.attempt <= request.max_attempts;
+                if !fits {
+                    violations.push(format!(
+                        "claimed delivery of event {} ({}) try {}",
+                        delivery.event.id, delivery.event.kind, delivery.attempt
+                    ));
+                }
+            }
+            (self.callback_changes(before), violations)
+        })
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery: DeliveryRef,
+        outcome: DeliveryOutcome,
+    ) -> Result<bool, StoreError> {
+        let operation = self.inner.record_delivery(delivery, outcome);
+        self.checked("record_delivery", operation, |_, before| {
+            (self.callback_changes(before), Vec::new())
+        })
+    }
+
+    async fn next_delivery_at(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_delivery_at(now).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -663,6 +929,7 @@ mod tests {
         store.claim(&request(at(0), 1)).await.unwrap();
         let retry = Settlement::Retry {
             error: "provider 503".into(),
+            at: at(0),
             retry_at: at(1),
         };
         store

@@ -1,6 +1,7 @@
 //! `FaultyStore`: a `Store` that can be taken down for a while, as a
 //! database that cannot be reached: every operation then fails with
-//! [`StoreError::Unavailable`] and changes nothing. It sits between the
+//! [`StoreError::Unavailable`] and changes nothing: a
+//! [`HookedStore`] with an [`OutageHook`]. It sits between the
 //! engine and the [`CheckedStore`], so the checker sees only the operations
 //! that reached the store. The [`Outages`] it was down for are shared with
 //! the checker, whose engine rules allow for them (an answer recorded late,
@@ -11,11 +12,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
-use orchestrator_core::{
-    async_trait, AttemptRef, Call, CallId, ClaimRequest, Created, ListQuery, NewCall, Page,
-    PayloadPatch, Settled, Settlement, StatusCounts, Store, StoreError,
-};
-use tokio::sync::watch;
+use orchestrator_core::hooked::{HookedStore, Operation, StoreHook};
+use orchestrator_core::{async_trait, AttemptRef, Settled, Settlement, StoreError};
 
 use crate::checked::CheckedStore;
 
@@ -94,8 +92,17 @@ impl Outages {
 
 /// A [`Store`] over a [`CheckedStore`] that fails every operation while one
 /// of its [`Outages`] lasts.
-pub(crate) struct FaultyStore {
-    inner: Arc<CheckedStore>,
+pub(crate) type FaultyStore = HookedStore<OutageHook>;
+
+/// A [`FaultyStore`] over `inner`, down while one of `outages` lasts.
+pub(crate) fn faulty(inner: Arc<CheckedStore>, outages: Outages) -> FaultyStore {
+    HookedStore::new(inner, OutageHook::new(outages))
+}
+
+/// Refuses every operation during an outage, and keeps what the engine
+/// recorded: the settlements that applied, and the provider answers an
+/// outage kept from being recorded.
+pub(crate) struct OutageHook {
     outages: Outages,
     settled: Mutex<Vec<(AttemptRef, Settlement)>>,
     /// Provider answers whose recording an outage refused: the attempts
@@ -104,10 +111,9 @@ pub(crate) struct FaultyStore {
     refused_answers: Mutex<BTreeSet<String>>,
 }
 
-impl FaultyStore {
-    pub(crate) fn new(inner: Arc<CheckedStore>, outages: Outages) -> Self {
+impl OutageHook {
+    fn new(outages: Outages) -> Self {
         Self {
-            inner,
             outages,
             settled: Mutex::new(Vec::new()),
             refused_answers: Mutex::new(BTreeSet::new()),
@@ -118,13 +124,6 @@ impl FaultyStore {
     /// their first try (each counted once however often it was retried).
     pub(crate) fn refused_answers(&self) -> usize {
         lock(&self.refused_answers).len()
-    }
-
-    /// [`up`](Self::up), remembering a refusal as a refused `answer`.
-    fn up_for_answer(&self, answer: impl FnOnce() -> String) -> Result<(), StoreError> {
-        self.up().inspect_err(|_| {
-            lock(&self.refused_answers).insert(answer());
-        })
     }
 
     /// Every settlement that applied through this store, in order.
@@ -138,106 +137,33 @@ impl FaultyStore {
         }
         Ok(())
     }
+
+    /// [`up`](Self::up), remembering a refusal as a refused `answer`.
+    fn up_for_answer(&self, answer: impl FnOnce() -> String) -> Result<(), StoreError> {
+        self.up().inspect_err(|_| {
+            lock(&self.refused_answers).insert(answer());
+        })
+    }
 }
 
 #[async_trait]
-impl Store for FaultyStore {
-    async fn create(
-        &self,
-        id: CallId,
-        new: &NewCall,
-        now: DateTime<Utc>,
-    ) -> Result<Created, StoreError> {
-        self.up()?;
-        self.inner.create(id, new, now).await
-    }
-
-    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
-        self.up()?;
-        self.inner.get(id).await
-    }
-
-    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
-        self.up()?;
-        self.inner.update_payload(id, patch).await
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        self.up()?;
-        self.inner.list(query).await
-    }
-
-    async fn counts(&self) -> Result<StatusCounts, StoreError> {
-        self.up()?;
-        self.inner.counts().await
-    }
-
-    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        self.up()?;
-        self.inner.claim(request).await
-    }
-
-    async fn record_dial(
-        &self,
-        attempt: AttemptRef,
-        provider_call_id: &str,
-    ) -> Result<bool, StoreError> {
-        self.up_for_answer(|| format!("dial {attempt}"))?;
-        self.inner.record_dial(attempt, provider_call_id).await
-    }
-
-    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
-        self.up_for_answer(|| format!("webhook {provider_call_id}"))?;
-        self.inner.find_attempt(provider_call_id).await
-    }
-
-    async fn settle(
-        &self,
-        attempt: AttemptRef,
-        settlement: Settlement,
-    ) -> Result<Settled, StoreError> {
-        self.up_for_answer(|| format!("dial or webhook {attempt}"))?;
-        let settled = self.inner.settle(attempt, settlement.clone()).await?;
-        if let Settled::Applied(_) = settled {
-            lock(&self.settled).push((attempt, settlement));
+impl StoreHook for OutageHook {
+    async fn before(&self, operation: Operation<'_>) -> Result<(), StoreError> {
+        match operation {
+            Operation::RecordDial(attempt, _) => self.up_for_answer(|| format!("dial {attempt}")),
+            Operation::FindAttempt(provider_call_id) => {
+                self.up_for_answer(|| format!("webhook {provider_call_id}"))
+            }
+            Operation::Settle(attempt, _) => {
+                self.up_for_answer(|| format!("dial or webhook {attempt}"))
+            }
+            _ => self.up(),
         }
-        Ok(settled)
     }
 
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
-        self.up()?;
-        self.inner.expire_due(now).await
-    }
-
-    async fn stale_attempts(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<AttemptRef>, StoreError> {
-        self.up()?;
-        self.inner.stale_attempts(now, limit).await
-    }
-
-    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.up()?;
-        self.inner.next_timer(now).await
-    }
-
-    async fn purge_ended_before(
-        &self,
-        cutoff: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
-        self.up()?;
-        self.inner.purge_ended_before(cutoff, limit).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.up()?;
-        self.inner.ping().await
-    }
-
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.subscribe()
+    fn settled(&self, attempt: AttemptRef, settlement: &Settlement, result: &Settled) {
+        if let Settled::Applied(_) = result {
+            lock(&self.settled).push((attempt, settlement.clone()));
+        }
     }
 }

@@ -1,11 +1,14 @@
 //! Deterministic simulation of the whole engine: the scheduling invariants
 //! (cap, one call per number, atomic claims, oldest first, back-off, leases,
-//! expiry) under faults, crashes and restarts.
+//! expiry), call control, the event log and client callbacks under faults,
+//! crashes and restarts.
 //!
 //! One seed drives everything: the engine's configuration, the simulated
 //! provider's latencies, outcomes and faults, and the operations (creating
-//! calls, many to the same numbers; advancing the clock; PATCH; crashing and
-//! restarting the engine on the same store). Operations are drawn from a
+//! calls, many to the same numbers, some with a callback URL; advancing the
+//! clock; PATCH; cancels at any moment; retries of ended calls; a callback
+//! receiver that fails, hangs past the delivery lease and recovers; crashing
+//! and restarting the engine on the same store). Operations are drawn from a
 //! proptest strategy by a runner seeded with that seed, so a seed alone
 //! replays a case. Time is tokio's paused clock, so runs are exact.
 //!
@@ -15,7 +18,12 @@
 //! engine reaches it through a [`FaultyStore`] (module `faulty`), which
 //! operations take down for seconds at a time, as an unreachable database. After the
 //! operations, a final phase turns faults off and requires every call to
-//! reach a terminal state. The store conformance suite also runs through
+//! reach a terminal state and every terminal event of a call with a callback
+//! URL to reach the receiver. Then: each call's events replay exactly the
+//! statuses it went through; the receiver, deduplicating by `webhook-id`
+//! (the event id), saw each such terminal event once, always the same, and
+//! nothing else; every such call's `callback` is `DELIVERED`; and no call
+//! was dialled after its cancel. The store conformance suite also runs through
 //! `CheckedStore` (module `conformance`), so the wrapper and the memory store
 //! are held to the same contract as every backend.
 //!
@@ -29,15 +37,17 @@ mod checked;
 mod conformance;
 mod faulty;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use orchestrator_core::{
-    AttemptRef, CallId, CallStatus, Clock, Engine, EngineConfig, EngineError, EngineHandle, Faults,
-    MemoryStore, NewCall, OutcomeMix, PayloadPatch, PhoneNumber, RedialPolicy, ReportedStatus,
-    RetryPolicy, ScriptId, Settlement, SimulatedProvider, SimulationConfig, Store, TokioClock,
+    async_trait, AttemptRef, CallId, CallPatch, CallStatus, CallbackError, CallbackSender,
+    CallbackState, CallbackUrl, Canceled, Clock, Delivery, Engine, EngineConfig, EngineError,
+    EngineHandle, Event, EventId, Faults, MemoryStore, NewCall, OutcomeMix, PhoneNumber,
+    RedialPolicy, ReportedStatus, RetryPolicy, ScriptId, Settlement, SimulatedProvider,
+    SimulationConfig, Store, TokioClock,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -46,7 +56,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use checked::{CheckedStore, EngineRules};
-use faulty::{FaultyStore, Outages};
+use faulty::{faulty, FaultyStore, Outages};
 
 /// One operation of a scenario.
 #[derive(Clone, Debug)]
@@ -56,6 +66,8 @@ enum Op {
         number: u8,
         not_before_secs: Option<u16>,
         expires_in_secs: Option<u16>,
+        /// With a callback URL: its terminal event goes to the receiver.
+        callback: bool,
     },
     /// Let virtual time pass.
     Advance { millis: u32 },
@@ -68,21 +80,48 @@ enum Op {
     /// The store cannot be reached for `millis` of virtual time: every
     /// operation fails as unavailable while the engine runs on.
     StoreOutage { millis: u32 },
+    /// Cancel the `call`-th created call (modulo), whatever its status.
+    Cancel { call: u8 },
+    /// Retry the `call`-th created call (modulo), whatever its status.
+    Retry { call: u8 },
+    /// The callback receiver answers from now on as `mode` says.
+    Receiver { mode: ReceiverMode },
+}
+
+/// How the callback receiver answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReceiverMode {
+    /// Takes the event and answers 2xx.
+    Healthy,
+    /// Answers 500 without taking the event.
+    Failing,
+    /// Takes the event and answers nothing for longer than the delivery
+    /// lease; the sender then gives up ("timed out").
+    Hanging,
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0u8..8, prop::option::weighted(0.2, 0u16..120), prop::option::weighted(0.2, 1u16..300))
-            .prop_map(|(number, not_before_secs, expires_in_secs)| Op::Create {
+        8 => (0u8..8, prop::option::weighted(0.2, 0u16..120), prop::option::weighted(0.2, 1u16..300), prop::bool::weighted(0.4))
+            .prop_map(|(number, not_before_secs, expires_in_secs, callback)| Op::Create {
                 number,
                 not_before_secs,
                 expires_in_secs,
+                callback,
             }),
         8 => (1u32..30_000).prop_map(|millis| Op::Advance { millis }),
         2 => (any::<u8>(), 0u8..8).prop_map(|(call, number)| Op::Patch { call, number }),
         1 => Just(Op::Crash),
         1 => Just(Op::Restart),
         1 => (1u32..15_000).prop_map(|millis| Op::StoreOutage { millis }),
+        2 => any::<u8>().prop_map(|call| Op::Cancel { call }),
+        1 => any::<u8>().prop_map(|call| Op::Retry { call }),
+        1 => prop_oneof![
+            Just(ReceiverMode::Healthy),
+            Just(ReceiverMode::Failing),
+            Just(ReceiverMode::Hanging),
+        ]
+        .prop_map(|mode| Op::Receiver { mode }),
     ]
 }
 
@@ -96,6 +135,9 @@ struct World {
     engine: EngineConfig,
     provider: SimulationConfig,
     numbers: u8,
+    /// How long a hanging receiver keeps a try waiting: longer than the
+    /// delivery lease.
+    receiver_hang: Duration,
 }
 
 fn world(seed: u64) -> World {
@@ -159,11 +201,108 @@ fn world(seed: u64) -> World {
         .with_call_duration(call_duration)
         .with_outcomes(outcomes)
         .with_faults(faults);
+    let numbers = rng.random_range(1..=8);
+    // Drawn after everything else, so older seeds keep their worlds.
+    let callback_lease = Duration::from_secs(rng.random_range(5..=60));
+    let callback_base = Duration::from_millis(rng.random_range(200..=3_000));
+    // Enough tries that no fault phase exhausts them: a delivery is tried
+    // at least every `max` seconds, and the operations last under an hour.
+    let callback_retry = RetryPolicy::new(
+        callback_base,
+        callback_base * rng.random_range(1..=10),
+        1_000,
+        rng.random_range(0.0..=1.0),
+    )
+    .expect("valid callback retry policy");
+    let engine = engine
+        .with_callback_lease(callback_lease)
+        .with_callback_retry(callback_retry)
+        .with_callback_concurrency(rng.random_range(1..=4));
     World {
         engine,
         provider,
-        numbers: rng.random_range(1..=8),
+        numbers,
+        receiver_hang: callback_lease + Duration::from_secs(rng.random_range(1..=30)),
     }
+}
+
+/// The client's callback receiver, deduplicating by `webhook-id` (the event
+/// id) as Standard Webhooks receivers do. Answers as its [`ReceiverMode`]
+/// says; draws nothing, so a seed replays.
+#[derive(Clone)]
+struct Receiver {
+    state: Arc<Mutex<ReceiverState>>,
+    hang: Duration,
+}
+
+struct ReceiverState {
+    mode: ReceiverMode,
+    /// Every event taken, by webhook-id.
+    taken: BTreeMap<EventId, Event>,
+    /// Webhook-ids that came again with another body.
+    changed: Vec<EventId>,
+    tries: u64,
+}
+
+impl Receiver {
+    fn new(hang: Duration) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(ReceiverState {
+                mode: ReceiverMode::Healthy,
+                taken: BTreeMap::new(),
+                changed: Vec::new(),
+                tries: 0,
+            })),
+            hang,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReceiverState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_mode(&self, mode: ReceiverMode) {
+        self.lock().mode = mode;
+    }
+
+    fn take(&self, delivery: &Delivery) {
+        let mut state = self.lock();
+        let id = delivery.event.id;
+        if let Some(seen) = state.taken.get(&id) {
+            if *seen != delivery.event {
+                state.changed.push(id);
+            }
+            return;
+        }
+        state.taken.insert(id, delivery.event.clone());
+    }
+}
+
+#[async_trait]
+impl CallbackSender for Receiver {
+    async fn send(&self, delivery: &Delivery) -> Result<(), CallbackError> {
+        let mode = {
+            let mut state = self.lock();
+            state.tries += 1;
+            state.mode
+        };
+        match mode {
+            ReceiverMode::Healthy => {
+                self.take(delivery);
+                Ok(())
+            }
+            ReceiverMode::Failing => Err(CallbackError::new("receiver 500")),
+            ReceiverMode::Hanging => {
+                self.take(delivery);
+                tokio::time::sleep(self.hang).await;
+                Err(CallbackError::new("timed out"))
+            }
+        }
+    }
+}
+
+fn callback_url() -> CallbackUrl {
+    CallbackUrl::parse("https://receiver.example/calls").expect("valid URL")
 }
 
 /// The operations a seed stands for: drawn from [`ops_strategy`] by a runner seeded with it.
@@ -203,12 +342,14 @@ fn build_engine(
     world: &World,
     store: &Arc<FaultyStore>,
     provider: &SimulatedProvider,
+    receiver: &Receiver,
     clock: &TokioClock,
     seed: u64,
 ) -> Engine {
     let store: Arc<dyn Store> = Arc::clone(store) as Arc<dyn Store>;
     Engine::builder(store, Arc::new(provider.clone()))
         .config(world.engine.clone())
+        .callbacks(Arc::new(receiver.clone()))
         .clock(Arc::new(clock.clone()))
         .seed(seed)
         .build()
@@ -222,10 +363,13 @@ struct Run {
     faulty: Arc<FaultyStore>,
     outages: Outages,
     provider: SimulatedProvider,
+    receiver: Receiver,
     clock: TokioClock,
     engine: Engine,
     handle: Option<EngineHandle>,
     created: Vec<CallId>,
+    /// When each canceled call's cancel was first accepted.
+    canceled_at: BTreeMap<CallId, DateTime<Utc>>,
     restarts: u64,
     seed: u64,
 }
@@ -236,6 +380,7 @@ impl Run {
             &self.world,
             &self.faulty,
             &self.provider,
+            &self.receiver,
             &self.clock,
             self.seed.wrapping_add(self.restarts),
         )
@@ -247,6 +392,7 @@ impl Run {
                 number,
                 not_before_secs,
                 expires_in_secs,
+                callback,
             } => {
                 let now = self.clock.now();
                 let mut new = NewCall::new(
@@ -258,6 +404,7 @@ impl Run {
                 new.expires_at = expires_in_secs.map(|secs| {
                     new.not_before.unwrap_or(now) + chrono::TimeDelta::seconds(secs.into())
                 });
+                new.callback_url = callback.then(callback_url);
                 let created = self.engine.create_call(new).await.expect("valid call");
                 self.created.push(created.call.id);
             }
@@ -269,9 +416,9 @@ impl Run {
                     .created
                     .get(usize::from(*call) % self.created.len().max(1))
                 {
-                    let patch = PayloadPatch {
+                    let patch = CallPatch {
                         to: Some(phone(&self.world, *number)),
-                        ..PayloadPatch::default()
+                        ..CallPatch::default()
                     };
                     // A call that is no longer PENDING refuses the patch:
                     // expected, and the only error allowed.
@@ -298,6 +445,40 @@ impl Run {
                 tokio::time::sleep(Duration::from_millis((*millis).into())).await;
                 self.outages.end(self.clock.now());
             }
+            Op::Cancel { call } => {
+                if let Some(&id) = self
+                    .created
+                    .get(usize::from(*call) % self.created.len().max(1))
+                {
+                    // Only an ended call refuses a cancel.
+                    let now = self.clock.now();
+                    match self.engine.cancel_call(id, Some("simulated cancel")).await {
+                        Ok(Canceled::Canceled(_) | Canceled::Requested(_)) => {
+                            self.canceled_at.entry(id).or_insert(now);
+                        }
+                        Ok(Canceled::AlreadyCanceled(_)) | Err(EngineError::Conflict { .. }) => {}
+                        Err(error) => panic!("cancel of {id} failed: {error:?}"),
+                    }
+                }
+            }
+            Op::Retry { call } => {
+                if let Some(&id) = self
+                    .created
+                    .get(usize::from(*call) % self.created.len().max(1))
+                {
+                    // Only a FAILED, EXPIRED or CANCELED call may be retried.
+                    match self.engine.retry_call(id, None).await {
+                        Ok(created) => {
+                            assert_eq!(created.call.retry_of, Some(id), "retry of {id}");
+                            assert_eq!(created.call.status, CallStatus::Pending);
+                            self.created.push(created.call.id);
+                        }
+                        Err(EngineError::Conflict { .. }) => {}
+                        Err(error) => panic!("retry of {id} failed: {error:?}"),
+                    }
+                }
+            }
+            Op::Receiver { mode } => self.receiver.set_mode(*mode),
         }
         // Let the engine react to the operation at this instant.
         tokio::task::yield_now().await;
@@ -323,10 +504,17 @@ impl Run {
                 )
             })
             .collect();
+        let (callbacks, tries) = {
+            let receiver = self.receiver.lock();
+            (receiver.taken.len(), receiver.tries)
+        };
+        let retries = calls.iter().filter(|call| call.retry_of.is_some()).count();
         format!(
-            "{label} t={} dials={} [{}]",
+            "{label} t={} dials={} cancels={} hang_ups={} retries={retries} callbacks={callbacks} tries={tries} [{}]",
             self.clock.now().timestamp_millis(),
             self.provider.started_calls().len(),
+            self.canceled_at.len(),
+            self.provider.hang_ups(),
             summary.join(" ")
         )
     }
@@ -340,6 +528,85 @@ impl Run {
             problems.push("the provider started one attempt twice".to_owned());
         }
         (!problems.is_empty()).then(|| format!("{step}: {}", problems.join("; ")))
+    }
+
+    /// Calls not terminal, and calls with a callback URL whose terminal
+    /// event is not delivered yet.
+    fn unfinished(&self) -> Vec<String> {
+        self.store
+            .inner()
+            .snapshot()
+            .into_iter()
+            .filter(|call| {
+                !call.status.is_terminal()
+                    || call
+                        .callback
+                        .as_ref()
+                        .is_some_and(|callback| callback.state != CallbackState::Delivered)
+            })
+            .map(|call| format!("{call:?}"))
+            .collect()
+    }
+
+    /// The invariants over the whole run, once every call has ended and
+    /// every callback was delivered.
+    async fn final_failure(&self) -> Option<String> {
+        let mut problems = self.store.event_log_violations();
+        let events = self
+            .store
+            .events_after(EventId(0), u32::MAX)
+            .await
+            .expect("events");
+        let expected: BTreeMap<EventId, &Event> = events
+            .iter()
+            .filter(|event| event.kind.is_terminal() && event.call.callback_url.is_some())
+            .map(|event| (event.id, event))
+            .collect();
+        {
+            let receiver = self.receiver.lock();
+            let taken: BTreeMap<EventId, &Event> = receiver
+                .taken
+                .iter()
+                .map(|(id, event)| (*id, event))
+                .collect();
+            if taken != expected {
+                let ids = |events: &BTreeMap<EventId, &Event>| -> Vec<EventId> {
+                    events.keys().copied().collect()
+                };
+                problems.push(format!(
+                    "the receiver took events {:?}, the terminal events with a callback URL are {:?}",
+                    ids(&taken),
+                    ids(&expected)
+                ));
+            }
+            if !receiver.changed.is_empty() {
+                problems.push(format!(
+                    "webhook-ids sent again with another body: {:?}",
+                    receiver.changed
+                ));
+            }
+        }
+        for call in self.store.inner().snapshot() {
+            if call.callback_url.is_some()
+                && call.callback.as_ref().map(|callback| callback.state)
+                    != Some(CallbackState::Delivered)
+            {
+                problems.push(format!("call {} callback {:?}", call.id, call.callback));
+            }
+        }
+        for (id, canceled_at) in &self.canceled_at {
+            let dials = self.store.attempts(*id).await.expect("attempts");
+            let late: Vec<_> = dials
+                .iter()
+                .filter(|dial| dial.dialled_at > *canceled_at)
+                .collect();
+            if !late.is_empty() {
+                problems.push(format!(
+                    "call {id} canceled at {canceled_at} was dialled after: {late:?}"
+                ));
+            }
+        }
+        (!problems.is_empty()).then(|| format!("end: {}", problems.join("; ")))
     }
 }
 
@@ -372,19 +639,22 @@ async fn run_world(world: World, seed: u64, ops: &[Op]) -> Outcome {
                 + Duration::from_secs(1),
         },
     ));
-    let faulty = Arc::new(FaultyStore::new(Arc::clone(&store), outages.clone()));
+    let faulty = Arc::new(faulty(Arc::clone(&store), outages.clone()));
     let provider = SimulatedProvider::new(world.provider.clone());
-    let engine = build_engine(&world, &faulty, &provider, &clock, seed);
+    let receiver = Receiver::new(world.receiver_hang);
+    let engine = build_engine(&world, &faulty, &provider, &receiver, &clock, seed);
     let mut run = Run {
         world,
         store,
         faulty,
         outages,
         provider,
+        receiver,
         clock,
         engine,
         handle: None,
         created: Vec::new(),
+        canceled_at: BTreeMap::new(),
         restarts: 0,
         seed,
     };
@@ -402,30 +672,24 @@ async fn run_world(world: World, seed: u64, ops: &[Op]) -> Outcome {
         }
     }
 
-    // Final phase: no more faults; every call must reach a terminal state.
+    // Final phase: no more faults; every call must reach a terminal state,
+    // and every terminal event with a callback URL the receiver.
     run.provider.set_faults(Faults::default());
+    run.receiver.set_mode(ReceiverMode::Healthy);
     let horizon = final_phase_horizon(&run.world);
     let step = Duration::from_secs(5);
     let mut waited = Duration::ZERO;
     loop {
-        let counts = run.store.counts().await.expect("counts");
-        let open = counts.get(CallStatus::Pending) + counts.get(CallStatus::InProgress);
-        if open == 0 {
+        let stuck = run.unfinished();
+        if stuck.is_empty() {
             break;
         }
         if waited > horizon {
-            let stuck: Vec<String> = run
-                .store
-                .inner()
-                .snapshot()
-                .into_iter()
-                .filter(|call| !call.status.is_terminal())
-                .map(|call| format!("{call:?}"))
-                .collect();
             return Outcome {
                 trace,
                 failure: Some(format!(
-                    "final phase: {open} calls not terminal after {horizon:?} without faults: {}",
+                    "final phase: {} calls not terminal or not delivered after {horizon:?} without faults: {}",
+                    stuck.len(),
                     stuck.join(", ")
                 )),
                 store: run.faulty,
@@ -442,6 +706,13 @@ async fn run_world(world: World, seed: u64, ops: &[Op]) -> Outcome {
         }
     }
     trace.push(run.trace_line("end"));
+    if let Some(failure) = run.final_failure().await {
+        return Outcome {
+            trace,
+            failure: Some(failure),
+            store: run.faulty,
+        };
+    }
     if let Some(handle) = run.handle.take() {
         handle.shutdown().await;
     }
@@ -464,8 +735,11 @@ fn final_phase_horizon(world: &World) -> Duration {
         + engine.capacity_retry_after
         + Duration::from_secs(10);
     let per_call = per_attempt * engine.retry.max_attempts();
-    // At most 60 calls, at least one dialled at a time.
-    per_call * 60 + Duration::from_secs(600)
+    // A delivery waits out a hang (and the lease it outlasts) and a back-off.
+    let per_callback =
+        world.receiver_hang + engine.callback_lease + engine.callback_retry.max_delay();
+    // At most 60 calls (and their retries), at least one dialled at a time.
+    (per_call + per_callback) * 120 + Duration::from_secs(600)
 }
 
 /// Shrinks a failing seed's operations with proptest's own shrinker.
@@ -565,11 +839,22 @@ fn a_seed_replays_exactly() {
     }
 }
 
-/// The simulation is not vacuous: across seeds, calls complete, fail, retry and expire.
+/// A count from a trace line, e.g. `hang_ups` from `... hang_ups=3 ...`.
+fn stat(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The simulation is not vacuous: across seeds, calls complete, fail,
+/// retry, expire and are canceled (live ones hung up); ended calls are
+/// retried; callbacks are delivered, some after failed or hung tries.
 #[test]
 fn scenarios_exercise_every_outcome() {
     let mut seen = BTreeSet::new();
     let mut retried = false;
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
     for seed in 0..40 {
         let ops = ops_tree(seed).current();
         let outcome = run(seed, &ops);
@@ -579,15 +864,25 @@ fn scenarios_exercise_every_outcome() {
             outcome.failure
         );
         let last = outcome.trace.last().cloned().unwrap_or_default();
-        for status in ["COMPLETED", "FAILED", "EXPIRED"] {
+        for status in ["COMPLETED", "FAILED", "EXPIRED", "CANCELED"] {
             if last.contains(&format!(":{status}:")) {
                 seen.insert(status);
             }
         }
         retried |= last.contains(":COMPLETED:2:") || last.contains(":FAILED:2:");
+        for name in ["cancels", "hang_ups", "retries", "callbacks", "tries"] {
+            *totals.entry(name).or_default() += stat(&last, name);
+        }
     }
-    assert_eq!(seen.len(), 3, "outcomes seen: {seen:?}");
+    assert_eq!(seen.len(), 4, "outcomes seen: {seen:?}");
     assert!(retried, "no call was ever retried");
+    for name in ["cancels", "hang_ups", "retries", "callbacks"] {
+        assert!(totals[name] > 0, "no {name}: {totals:?}");
+    }
+    assert!(
+        totals["tries"] > totals["callbacks"],
+        "no callback was ever tried twice: {totals:?}"
+    );
 }
 
 /// A store outage loses no provider answer: dial answers and webhooks that
@@ -613,12 +908,14 @@ fn provider_answers_given_during_a_store_outage_are_applied_after_it() {
         engine,
         provider,
         numbers: 8,
+        receiver_hang: Duration::from_secs(90),
     };
     let mut ops: Vec<Op> = (0..8)
         .map(|number| Op::Create {
             number,
             not_before_secs: None,
             expires_in_secs: None,
+            callback: false,
         })
         .collect();
     ops.extend([
@@ -635,12 +932,12 @@ fn provider_answers_given_during_a_store_outage_are_applied_after_it() {
     let outcome = runtime.block_on(run_world(world, 3, &ops));
 
     assert_eq!(outcome.failure, None);
-    let refused = outcome.store.refused_answers();
+    let refused = outcome.store.hook().refused_answers();
     assert!(
         refused >= 4,
         "only {refused} answers came during the outage"
     );
-    let settled = outcome.store.settled();
+    let settled = outcome.store.hook().settled();
     let timed_out: Vec<String> = settled
         .iter()
         .filter(|(_, settlement)| {
