@@ -207,3 +207,21 @@ pub(crate) fn attempt_ref(call_id: Uuid, attempt: i32) -> Result<AttemptRef, PgE
 pub(crate) fn attempts_column(id: CallId, attempts: u32) -> Result<i32, PgError> {
     i32::try_from(attempts).map_err(|_| PgError::Corrupt(format!("call {id}: attempts {attempts}")))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The names of the `RETURNING` list, in order: what a CTE re-selects.
+    #[test]
+    fn the_column_names_are_those_of_the_column_list() {
+        let names: Vec<String> = call_columns!()
+            .split(',')
+            .map(|column| {
+                let column = column.trim();
+                let name = column.rsplit(" AS ").next().unwrap_or(column);
+                name.trim_start_matches("calls.").to_owned()
+            })
+            .collect();
+        let expected: Vec<&str> = call_column_names!().split(',').map(str::trim).collect();
+        assert_eq!(names, expected);
+    }
+}
