@@ -36,7 +36,7 @@ CREATE INDEX calls_by_number_newest ON calls (to_number, created_at, id);
 -- such a row.
 CREATE TABLE call_events (
     seq         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    id          bigint      CONSTRAINT call_events_id_unique UNIQUE,
+    id          bigint,
     call_id     uuid        NOT NULL,
     type        text        NOT NULL
         CONSTRAINT call_events_type_known
@@ -47,6 +47,9 @@ CREATE TABLE call_events (
     -- as written, metadata byte for byte).
     call        json        NOT NULL
 );
+-- Readers' index. Partial, so a writer's insert (id NULL) does not touch it:
+-- the sequencer adds each entry. `id > $1` and `id = $1` imply the predicate.
+CREATE UNIQUE INDEX call_events_by_id ON call_events (id) WHERE id IS NOT NULL;
 -- The sequencer's work: rows not sequenced yet, oldest first.
 CREATE INDEX call_events_unsequenced ON call_events (seq) WHERE id IS NULL;
 -- Retention deletes a call's events with it.

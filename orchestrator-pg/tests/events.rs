@@ -10,7 +10,7 @@ use orchestrator_core::call::{Call, CallId, CallStatus, NewCall};
 use orchestrator_core::store::{ClaimRequest, Settled, Settlement};
 use orchestrator_core::{
     CallbackState, CallbackUrl, DeliveryClaim, DeliveryOutcome, Event, EventId, EventType,
-    PhoneNumber, ScriptId, Store, StoreError,
+    Metadata, PhoneNumber, ScriptId, Store, StoreError,
 };
 use orchestrator_pg::{testing, PgStore};
 
@@ -22,11 +22,16 @@ fn t(secs: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap() + chrono::TimeDelta::seconds(secs)
 }
 
+/// A call whose metadata only a byte-exact store keeps as it is.
 fn new_call(n: u32) -> NewCall {
-    NewCall::new(
+    let mut new = NewCall::new(
         PhoneNumber::parse(&format!("+1415555{n:04}")).unwrap(),
         ScriptId::parse("welcomeFlow").unwrap(),
-    )
+    );
+    new.payload.metadata = Some(
+        Metadata::new(serde_json::json!({ "customer": n, "big": 1e19, "nul": "a\u{0}b" })).unwrap(),
+    );
+    new
 }
 
 fn with_callback(n: u32) -> NewCall {
