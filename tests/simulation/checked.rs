@@ -21,7 +21,8 @@
 //! - With [`EngineRules`], the rules of an engine using the store: the
 //!   engine's global cap, its attempt limit, back-off delays no shorter than
 //!   the retry policy allows, and `PENDING` calls expiring within 2 s of their
-//!   deadline. Store outages (see `faulty`) delay what the engine writes:
+//!   deadline (not counting graceful restarts, when no engine runs). Store
+//!   outages (see `faulty`) delay what the engine writes:
 //!   a back-off then counts from the outage's start at the earliest (the
 //!   answer came during it), and an expiry from the outage's end.
 //!
@@ -59,6 +60,9 @@ pub(crate) struct EngineRules {
     pub clock: TokioClock,
     /// When the store was down.
     pub outages: Outages,
+    /// When no engine ran its dispatcher: a graceful restart, which waits
+    /// (up to the shutdown grace) for dials and callback sends in flight.
+    pub stopped: Outages,
     /// How long after an outage the engine may still be writing what it
     /// could not write during it: its longest store-retry delay plus its
     /// fallback poll, and a second.
@@ -458,8 +462,13 @@ fn check_engine_rules(
         let deadline = call
             .expires_at
             .map(|at| pending_since.map_or(at, |since| at.max(since)))
-            .map(|at| match rules.outages.down_after(at, now) {
-                // The expiry could not be written before the store was back.
+            .map(|at| {
+                let stopped = rules.stopped.down_after(at, now);
+                (at, rules.outages.down_after(at, now).max(stopped))
+            })
+            .map(|(at, back)| match back {
+                // The expiry could not be written before the store was back
+                // and an engine ran again.
                 Some(back) => at.max(back + slack),
                 None => at,
             });
@@ -863,6 +872,7 @@ mod tests {
                 retry: RetryPolicy::default(),
                 clock: TokioClock::starting_at(at(0)),
                 outages: Outages::default(),
+                stopped: Outages::default(),
                 outage_slack: Duration::ZERO,
             },
         )
@@ -960,6 +970,7 @@ mod tests {
                 retry: RetryPolicy::default(),
                 clock: TokioClock::starting_at(at(0)),
                 outages: Outages::default(),
+                stopped: Outages::default(),
                 outage_slack: Duration::ZERO,
             }),
             true,

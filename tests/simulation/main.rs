@@ -362,6 +362,8 @@ struct Run {
     /// The store as the engine sees it.
     faulty: Arc<FaultyStore>,
     outages: Outages,
+    /// When a graceful restart left no engine running.
+    stopped: Outages,
     provider: SimulatedProvider,
     receiver: Receiver,
     clock: TokioClock,
@@ -436,7 +438,9 @@ impl Run {
             }
             Op::Restart => {
                 if let Some(handle) = self.handle.take() {
+                    self.stopped.begin(self.clock.now());
                     handle.shutdown().await;
+                    self.stopped.end(self.clock.now());
                 }
                 self.restart();
             }
@@ -627,6 +631,7 @@ async fn run_async(seed: u64, ops: &[Op]) -> Outcome {
 async fn run_world(world: World, seed: u64, ops: &[Op]) -> Outcome {
     let clock = TokioClock::starting_at(origin());
     let outages = Outages::default();
+    let stopped = Outages::default();
     let store = Arc::new(CheckedStore::for_engine(
         MemoryStore::new(),
         EngineRules {
@@ -634,6 +639,7 @@ async fn run_world(world: World, seed: u64, ops: &[Op]) -> Outcome {
             retry: world.engine.retry.clone(),
             clock: clock.clone(),
             outages: outages.clone(),
+            stopped: stopped.clone(),
             outage_slack: world.engine.store_retry_max
                 + world.engine.fallback_poll
                 + Duration::from_secs(1),
@@ -648,6 +654,7 @@ async fn run_world(world: World, seed: u64, ops: &[Op]) -> Outcome {
         store,
         faulty,
         outages,
+        stopped,
         provider,
         receiver,
         clock,
@@ -787,7 +794,7 @@ fn cases() -> u32 {
     std::env::var("SIM_CASES")
         .ok()
         .and_then(|cases| cases.parse().ok())
-        .unwrap_or(300)
+        .unwrap_or(120)
 }
 
 proptest! {
