@@ -20,6 +20,11 @@ use serde::{Deserialize, Serialize};
 use crate::event::{Event, EventId};
 use crate::input::CallbackUrl;
 
+/// The `lastError` of a delivery failed because its last allowed try lost
+/// its lease without an answer recorded (see
+/// [`Store::claim_deliveries`](crate::Store::claim_deliveries)).
+pub const NO_ANSWER_RECORDED: &str = "no answer recorded";
+
 /// Where a delivery stands. Serialised in SCREAMING_SNAKE_CASE.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -23,6 +23,7 @@ use crate::attempt::Attempt;
 use crate::call::{AttemptRef, Call, CallId, CallPatch, CallStatus, NewCall};
 use crate::callback::{
     CallbackState, CallbackStatus, Delivery, DeliveryClaim, DeliveryOutcome, DeliveryRef,
+    NO_ANSWER_RECORDED,
 };
 use crate::clock;
 use crate::event::{Event, EventId};
@@ -905,9 +906,6 @@ impl Store for MemoryStore {
         self.changes.subscribe()
     }
 }
-
-/// The error of a delivery whose last try lost its lease without an answer.
-pub(crate) const NO_ANSWER_RECORDED: &str = "no answer recorded";
 
 /// When `call`'s current attempt started (its creation before any).
 fn call_started(call: &Call) -> DateTime<Utc> {

@@ -13,7 +13,8 @@
 //! 3. Due calls are read oldest first with `FOR UPDATE SKIP LOCKED`, skipping
 //!    busy numbers and numbers already taken by this batch, page by page until
 //!    the free capacity is filled or the queue is exhausted.
-//! 4. One statement moves them to `IN_PROGRESS` and writes their history rows.
+//! 4. One statement moves them to `IN_PROGRESS` and writes their history rows
+//!    and their `call.dialled` events.
 //!
 //! Why this holds across processes:
 //! - **Cap.** Only a claim makes a call `IN_PROGRESS`, and claims are
@@ -42,7 +43,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::error::PgError;
-use crate::row::{call_columns, calls, CallRow};
+use crate::events::{event_columns, log_changes};
+use crate::row::{call_column_names, call_columns, calls, CallRow};
 use crate::schema::LockKey;
 
 /// Largest page of candidates read at once: bounds the rows one claim locks
@@ -74,22 +76,28 @@ const NEXT_PAGE: &str = "\
     FOR UPDATE SKIP LOCKED";
 
 /// The `Claim` transition of `orchestrator_core::state::transition`, set-based:
-/// one more attempt, `startedAt = now`, a lease, no back-off, no provider id.
-/// One `call_event_seq` value for the whole batch orders it among all claims
+/// one more attempt, `startedAt = now`, a lease, no back-off, no provider id;
+/// with each call's `call.dialled` event and history row. One
+/// `call_event_seq` value for the whole batch orders it among all claims
 /// and settlements.
 const TAKE: &str = concat!(
-    "WITH claimed AS ( \
+    "WITH changed AS ( \
         UPDATE calls SET status = 'IN_PROGRESS', attempts = attempts + 1, started_at = $2, \
             lease_expires_at = $3, next_attempt_at = NULL, provider_call_id = NULL \
         WHERE id = ANY($1) AND status = 'PENDING' \
         RETURNING ",
     call_columns!(),
+    ", ",
+    event_columns!("'call.dialled'", "$2"),
     " ), history AS ( \
         INSERT INTO call_attempts (call_id, claim_seq, attempt, to_number, claimed_at, lease_expires_at) \
         SELECT id, (SELECT nextval('call_event_seq')), attempts, to_number, started_at, lease_expires_at \
-        FROM claimed \
-    ) \
-    SELECT * FROM claimed ORDER BY created_at, id"
+        FROM changed \
+    ), ",
+    log_changes!(),
+    " SELECT ",
+    call_column_names!(),
+    " FROM changed ORDER BY created_at, id"
 );
 
 /// Claims as [`orchestrator_core::Store::claim`] says, in one transaction,

@@ -1,5 +1,5 @@
-//! `create`: a new `PENDING` call, or the first call created with the same
-//! idempotency key.
+//! `create`: a new `PENDING` call and its `call.created` event, or the first
+//! call created with the same idempotency key.
 //!
 //! No transaction and no lock: the unique index on `idempotency_key` decides
 //! between concurrent creates. `ON CONFLICT DO NOTHING` makes a repeat return
@@ -10,31 +10,46 @@
 use chrono::{DateTime, Utc};
 use orchestrator_core::call::{Call, CallId, NewCall};
 use orchestrator_core::clock;
-use orchestrator_core::input::IdempotencyKey;
+use orchestrator_core::input::{CallbackUrl, IdempotencyKey};
 use orchestrator_core::store::Created;
 use sqlx::PgPool;
 
 use crate::error::PgError;
-use crate::row::{call_columns, metadata_text, CallRow};
+use crate::events::{event_columns, log_changes};
+use crate::row::{
+    call_column_names, call_columns, call_columns_with_delivery, calls_with_delivery,
+    metadata_text, CallRow,
+};
 
+/// The insert and its `call.created` event, in one statement.
 const INSERT: &str = concat!(
-    "INSERT INTO calls (id, to_number, script_id, metadata, status, attempts, created_at, \
-                        not_before, expires_at, idempotency_key) \
-     VALUES ($1, $2, $3, $4::text::json, 'PENDING', 0, $5, $6, $7, $8) \
-     ON CONFLICT (idempotency_key) DO NOTHING \
-     RETURNING ",
-    call_columns!()
+    "WITH changed AS ( \
+        INSERT INTO calls (id, to_number, script_id, metadata, status, attempts, created_at, \
+                           not_before, expires_at, idempotency_key, retry_of, callback_url) \
+        VALUES ($1, $2, $3, $4::text::json, 'PENDING', 0, $5, $6, $7, $8, $9, $10) \
+        ON CONFLICT (idempotency_key) DO NOTHING \
+        RETURNING ",
+    call_columns!(),
+    ", ",
+    event_columns!("'call.created'", "$5"),
+    "), ",
+    log_changes!(),
+    " SELECT ",
+    call_column_names!(),
+    " FROM changed"
 );
 
 const BY_KEY: &str = concat!(
     "SELECT ",
-    call_columns!(),
-    " FROM calls WHERE idempotency_key = $1"
+    call_columns_with_delivery!(),
+    " FROM ",
+    calls_with_delivery!(),
+    " WHERE calls.idempotency_key = $1"
 );
 
 /// Creates call `id` from `new` at `now` (truncated to the microseconds
-/// PostgreSQL keeps), or returns the call that already holds
-/// `new.idempotency_key` with `created: false`.
+/// PostgreSQL keeps) with its `call.created` event, or returns the call that
+/// already holds `new.idempotency_key` with `created: false`.
 pub(crate) async fn create(
     pool: &PgPool,
     id: CallId,
@@ -47,9 +62,11 @@ pub(crate) async fn create(
         .bind(new.payload.script_id.as_str())
         .bind(metadata_text(new.payload.metadata.as_ref()))
         .bind(clock::truncate_to_micros(now))
-        .bind(new.not_before)
-        .bind(new.expires_at)
+        .bind(new.not_before.map(clock::truncate_to_micros))
+        .bind(new.expires_at.map(clock::truncate_to_micros))
         .bind(new.idempotency_key.as_ref().map(IdempotencyKey::as_str))
+        .bind(new.retry_of.map(|original| original.0))
+        .bind(new.callback_url.as_ref().map(CallbackUrl::as_str))
         .fetch_optional(pool)
         .await?;
     if let Some(row) = inserted {

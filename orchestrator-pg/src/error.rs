@@ -38,6 +38,10 @@ pub(crate) enum PgError {
         #[source]
         source: TransitionError,
     },
+    /// The change, merged with the call as it is, breaks a rule between
+    /// fields.
+    #[error("the change is invalid")]
+    Invalid(#[source] orchestrator_core::validate::Invalid),
     /// The database URL could not be parsed. sqlx's URL errors never quote
     /// the URL, so no password reaches the message.
     #[error("invalid database URL")]
@@ -171,6 +175,7 @@ impl From<PgError> for StoreError {
         match error {
             PgError::NotFound(id) => StoreError::NotFound(id),
             PgError::Conflict { id, source } => StoreError::Conflict { id, source },
+            PgError::Invalid(invalid) => StoreError::Invalid(invalid),
             error if error.is_unavailable() => StoreError::Unavailable(Box::new(error)),
             error => StoreError::Backend(Box::new(error)),
         }

@@ -8,19 +8,29 @@
 //!
 //! - [`store`]: [`PgStore`] and its thin `Store` implementation, which
 //!   delegates each method to the query function of its family:
-//!   - `create`: insert, or return the call holding the idempotency key;
-//!   - `read`: one call, a page of calls, the attempt behind a provider id;
-//!   - `update`: patch a `PENDING` call's payload;
+//!   - `create`: insert with its `call.created` event, or return the call
+//!     holding the idempotency key;
+//!   - `read`: one call, a filtered page of calls, a call's attempts, the
+//!     attempt behind a provider id;
+//!   - `update`: patch a `PENDING` call's payload and schedule;
+//!   - `cancel`: end a `PENDING` call, or record the request on a live one;
 //!   - `claim`: the claim transaction (the cap and the per-number rule);
 //!   - `settle`: end an attempt, record the provider's id for one;
 //!   - `timers`: expiry, lapsed leases, the next instant anything is due;
 //!   - `counts`: exact per-status counts that stay cheap at millions of calls;
-//!   - `purge`: retention, deleting ended calls in small batches.
+//!   - `purge`: retention, deleting ended calls in small batches;
+//!   - `events`: the event and delivery every change of status writes in
+//!     its own statement, and reading the log by id;
+//!   - `deliveries`: the callback outbox (claim, record, next due).
+//! - `sequencer`: the task that gives committed events their ids in commit
+//!   order (writers cannot: an id drawn in a transaction follows the order
+//!   writers started, not the order they committed).
 //! - `connect`: opening the pool (a failure names the server tried), ping.
 //! - `schema`: the schema a store lives in ([`SchemaName`],
 //!   [`PgStoreOptions::schema`]) and the channel and lock keys derived from it.
-//! - `listen`: the LISTEN task behind [`PgStore::subscribe`](orchestrator_core::Store::subscribe).
-//! - `row`: a `calls` row to a [`Call`](orchestrator_core::Call).
+//! - `listen`: the LISTEN task behind [`PgStore::subscribe`](orchestrator_core::Store::subscribe)
+//!   and [`PgStore::subscribe_events`](orchestrator_core::Store::subscribe_events).
+//! - `row`: a `calls` row, with its delivery, to a [`Call`](orchestrator_core::Call).
 //! - `error`: the one mapping from PostgreSQL failures to
 //!   [`StoreError`](orchestrator_core::StoreError) categories.
 //! - `migrate` ([`MIGRATOR`]): the schema, embedded from `migrations/`;
@@ -59,23 +69,27 @@
 //! # Ok(()) }
 //! ```
 
+mod cancel;
 mod claim;
 mod connect;
 mod counts;
 mod create;
+mod deliveries;
 mod error;
+mod events;
 mod listen;
 mod migrate;
 mod purge;
 mod read;
 mod row;
 mod schema;
+mod sequencer;
 mod settle;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod timers;
-// mod update; (transitional)
+mod update;
 
 pub use listen::LISTENER_APPLICATION_NAME;
 pub use migrate::MIGRATOR;

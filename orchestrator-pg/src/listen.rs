@@ -1,13 +1,15 @@
 //! Cross-process wake-ups: LISTEN on the channel the `calls` triggers NOTIFY
-//! (one per schema: see `crate::schema`).
+//! and on the one the event sequencer notifies (one of each per schema: see
+//! `crate::schema`).
 //!
 //! Every [`crate::PgStore`] runs one listener task on a dedicated connection
 //! (outside the main pool, so a busy pool never delays a wake-up). Each
-//! notification bumps the store's change counter. A notification sent while
-//! the connection was down is lost for good, so the counter is also bumped
-//! after every reconnect: the engine then runs a round and finds whatever
-//! changed in between. The engine's fallback poll covers the time it takes
-//! to reconnect.
+//! notification bumps the store's change counter or its event counter. A
+//! notification sent while the connection was down is lost for good, so
+//! both counters are also bumped after every reconnect: the engine then
+//! runs a round, and event readers read, and find whatever changed in
+//! between. The engine's fallback poll covers the time it takes to
+//! reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,32 +43,49 @@ pub(crate) fn listener_pool(pool: &PgPool) -> PgPool {
         )
 }
 
-/// A listener on `channel`.
-pub(crate) async fn connect(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error> {
+/// The channels one store listens on, and the counter each one bumps.
+#[derive(Debug)]
+pub(crate) struct Channels {
+    /// Notified by the `calls` triggers: bumps `changes`.
+    pub(crate) calls: String,
+    pub(crate) changes: Arc<watch::Sender<u64>>,
+    /// Notified by the event sequencer: bumps `events`.
+    pub(crate) events: String,
+    pub(crate) events_readable: Arc<watch::Sender<u64>>,
+}
+
+/// Adds one to a counter.
+pub(crate) fn bump(counter: &watch::Sender<u64>) {
+    counter.send_modify(|generation| *generation = generation.wrapping_add(1));
+}
+
+/// A listener on both `channels`.
+pub(crate) async fn connect(pool: &PgPool, channels: &Channels) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(channel).await?;
+    listener
+        .listen_all([channels.calls.as_str(), channels.events.as_str()])
+        .await?;
     Ok(listener)
 }
 
-/// Runs until aborted: bumps `changes` on every notification and after every
-/// reconnect. `listener` is already listening on `channel`.
-pub(crate) async fn run(
-    pool: PgPool,
-    listener: PgListener,
-    channel: String,
-    changes: Arc<watch::Sender<u64>>,
-) {
-    let bump = || changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+/// Runs until aborted: bumps the counter of the channel of every
+/// notification, and both after every reconnect. `listener` is already
+/// listening on both channels.
+pub(crate) async fn run(pool: PgPool, listener: PgListener, channels: Channels) {
+    let bump_both = || {
+        bump(&channels.changes);
+        bump(&channels.events_readable);
+    };
     let mut listener = Some(listener);
     let mut backoff = MIN_BACKOFF;
     loop {
         let mut current = match listener.take() {
             Some(current) => current,
-            None => match connect(&pool, &channel).await {
+            None => match connect(&pool, &channels).await {
                 Ok(current) => {
                     debug!("listener reconnected");
                     backoff = MIN_BACKOFF;
-                    bump();
+                    bump_both();
                     current
                 }
                 Err(error) => {
@@ -79,10 +98,13 @@ pub(crate) async fn run(
         };
         loop {
             match current.try_recv().await {
-                Ok(Some(_)) => bump(),
+                Ok(Some(notification)) if notification.channel() == channels.events => {
+                    bump(&channels.events_readable);
+                }
+                Ok(Some(_)) => bump(&channels.changes),
                 // The connection dropped and sqlx re-established it: anything
                 // notified in between is lost.
-                Ok(None) => bump(),
+                Ok(None) => bump_both(),
                 Err(error) => {
                     warn!(%error, "listener connection failed; reconnecting");
                     break;

@@ -10,6 +10,8 @@
 //! - their attempt history and provider ids go with them through the
 //!   foreign keys' `ON DELETE CASCADE`; a later webhook naming one of those
 //!   provider ids finds no call, like any unknown id;
+//! - their events and callback delivery are deleted by the same statement
+//!   (no foreign keys there: the event log's inserts stay cheap);
 //! - the statement-level delete trigger subtracts them from the per-status
 //!   counters in the same statement, so counts stay exact.
 //!
@@ -30,11 +32,16 @@ const PURGE: &str = "\
         ORDER BY ended_at \
         LIMIT $3 \
         FOR UPDATE SKIP LOCKED \
+    ), events AS ( \
+        DELETE FROM call_events USING doomed WHERE call_events.call_id = doomed.id \
+    ), deliveries AS ( \
+        DELETE FROM call_deliveries USING doomed WHERE call_deliveries.call_id = doomed.id \
     ) \
     DELETE FROM calls USING doomed WHERE calls.id = doomed.id";
 
 /// Deletes up to `limit` calls in a terminal status whose `ended_at` is
-/// before `cutoff`, oldest end first, with their attempts and provider ids;
+/// before `cutoff`, oldest end first, with their attempts, provider ids,
+/// events and delivery;
 /// returns how many calls were deleted.
 pub(crate) async fn ended_before(
     executor: impl PgExecutor<'_>,

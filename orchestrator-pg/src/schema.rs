@@ -7,8 +7,10 @@
 //! the schema's name here:
 //! - the notification channel the `calls` triggers notify (`orchestrator_calls`
 //!   in `public`, `orchestrator_calls.<schema>` elsewhere; the trigger builds
-//!   the same name from the table's schema);
-//! - the advisory locks of the claim and of the counter compaction.
+//!   the same name from the table's schema), and the one the event
+//!   sequencer notifies (`orchestrator_event`, `orchestrator_event.<schema>`);
+//! - the advisory locks of the claim, of the counter compaction and of the
+//!   event sequencer.
 //!
 //! In `public` both keep the names and keys they had before schemas could be
 //! chosen, so processes of an older version sharing the database keep
@@ -24,8 +26,8 @@ use std::str::FromStr;
 ///
 /// Lowercase only, so the name means the same quoted or not, in SQL, in
 /// `search_path` and in a notification channel. At most 44 bytes, so the
-/// channel `orchestrator_calls.<name>` fits PostgreSQL's 63-byte limit on
-/// identifiers.
+/// channels `orchestrator_calls.<name>` and `orchestrator_event.<name>` fit
+/// PostgreSQL's 63-byte limit on identifiers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SchemaName(String);
 
@@ -117,13 +119,15 @@ impl fmt::Display for SchemaName {
 
 /// The first key of the advisory locks in `public` (the pre-schema keys:
 /// `(1869771365, 1)` serialises claimers, `(1869771365, 2)` guards the
-/// counter compaction).
+/// counter compaction; `(1869771365, 3)`, newer, serialises the event
+/// sequencers).
 const PUBLIC_CLASS: i32 = 1_869_771_365;
 /// The first keys of the claim and compaction locks in any other schema;
 /// the second key is a hash of the schema's name. Distinct from
 /// [`PUBLIC_CLASS`], so no other schema ever shares `public`'s locks.
 const CLAIM_CLASS: i32 = 1_869_771_366;
 const COMPACT_CLASS: i32 = 1_869_771_367;
+const SEQUENCE_CLASS: i32 = 1_869_771_368;
 
 /// A two-key advisory lock, as `pg_advisory_xact_lock(integer, integer)` takes it.
 pub(crate) type LockKey = (i32, i32);
@@ -134,10 +138,15 @@ pub(crate) struct Namespace {
     pub(crate) schema: SchemaName,
     /// The channel this schema's triggers notify.
     pub(crate) channel: String,
+    /// The channel the event sequencer notifies once per pass that made
+    /// events readable.
+    pub(crate) events_channel: String,
     /// Taken by every claim in this schema.
     pub(crate) claim_lock: LockKey,
     /// Guards the folding of this schema's counters.
     pub(crate) compact_lock: LockKey,
+    /// Held by the one sequencer pass running in this schema.
+    pub(crate) sequence_lock: LockKey,
 }
 
 impl Namespace {
@@ -146,8 +155,10 @@ impl Namespace {
             return Self {
                 schema,
                 channel: "orchestrator_calls".to_owned(),
+                events_channel: "orchestrator_event".to_owned(),
                 claim_lock: (PUBLIC_CLASS, 1),
                 compact_lock: (PUBLIC_CLASS, 2),
+                sequence_lock: (PUBLIC_CLASS, 3),
             };
         }
         // Two schemas whose names hash alike share their locks: their claims
@@ -156,8 +167,10 @@ impl Namespace {
         let key = fnv1a(schema.as_str());
         Self {
             channel: format!("orchestrator_calls.{schema}"),
+            events_channel: format!("orchestrator_event.{schema}"),
             claim_lock: (CLAIM_CLASS, key),
             compact_lock: (COMPACT_CLASS, key),
+            sequence_lock: (SEQUENCE_CLASS, key),
             schema,
         }
     }
@@ -223,6 +236,8 @@ mod tests {
         assert_eq!(public.channel, "orchestrator_calls");
         assert_eq!(public.claim_lock, (1_869_771_365, 1));
         assert_eq!(public.compact_lock, (1_869_771_365, 2));
+        assert_eq!(public.events_channel, "orchestrator_event");
+        assert_eq!(public.sequence_lock, (1_869_771_365, 3));
     }
 
     #[test]
@@ -233,8 +248,13 @@ mod tests {
         assert_ne!(a.claim_lock, b.claim_lock);
         assert_ne!(a.compact_lock, b.compact_lock);
         assert_ne!(a.claim_lock, a.compact_lock);
+        assert_eq!(a.events_channel, "orchestrator_event.tenant_a");
+        assert_ne!(a.sequence_lock, b.sequence_lock);
+        assert_ne!(a.sequence_lock, a.claim_lock);
+        assert_ne!(a.sequence_lock, a.compact_lock);
         let longest = Namespace::new(SchemaName::new(&"a".repeat(44)).unwrap());
         assert_eq!(longest.channel.len(), 63, "fits NAMEDATALEN - 1");
+        assert_eq!(longest.events_channel.len(), 63, "fits NAMEDATALEN - 1");
     }
 
     #[test]

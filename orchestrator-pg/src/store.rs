@@ -1,11 +1,13 @@
 //! [`PgStore`]: the [`Store`] on PostgreSQL.
 //!
 //! Each `Store` method delegates to the query function of its family
-//! (`create`, `read`, `update`, `claim`, `settle`, `timers`, `counts`), which
-//! returns the crate's own error; `?` turns that into a [`StoreError`]
-//! through the crate's one mapping. What stays here is what belongs to the
-//! store rather than to a query: the pool, the background tasks and the
-//! change counter behind [`Store::subscribe`].
+//! (`create`, `read`, `update`, `cancel`, `claim`, `settle`, `timers`,
+//! `counts`, `purge`, `events`, `deliveries`), which returns the crate's
+//! own error; `?` turns that into a [`StoreError`] through the crate's one
+//! mapping. What stays here is what belongs to the store rather than to a
+//! query: the pool, the background tasks (the listener, the counter fold,
+//! the event sequencer), the change counter behind [`Store::subscribe`] and
+//! the event counter behind [`Store::subscribe_events`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +28,11 @@ use tokio::task::JoinHandle;
 
 use crate::error::PgError;
 use crate::schema::{Namespace, SchemaName};
-use crate::{claim, connect, counts, create, listen, migrate, purge, read, settle, timers};
+use crate::sequencer::Sequencer;
+use crate::{
+    cancel, claim, connect, counts, create, deliveries, events, listen, migrate, purge, read,
+    sequencer, settle, timers, update,
+};
 
 /// Connections of the pool [`PgStore::connect`] opens.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -78,14 +84,17 @@ impl Default for PgStoreOptions {
 ///
 /// Construct with [`PgStore::connect`], [`PgStore::connect_with`] or
 /// [`PgStore::from_pool`], then apply the schema with [`PgStore::migrate`].
-/// Each store runs two background tasks on the tokio runtime it was built in
-/// (the LISTEN connection, and the folding of the status counters); they
-/// stop when the last clone is dropped.
+/// Each store runs three background tasks on the tokio runtime it was built
+/// in (the LISTEN connection, the folding of the status counters, and the
+/// event sequencer, which gives committed events their ids in commit
+/// order); they stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     namespace: Arc<Namespace>,
     changes: Arc<watch::Sender<u64>>,
+    events: Arc<watch::Sender<u64>>,
+    sequencer: Arc<Sequencer>,
     _background: Arc<Background>,
 }
 
@@ -174,27 +183,39 @@ impl PgStore {
 
     async fn start(pool: PgPool, schema: SchemaName) -> Result<Self, PgError> {
         let namespace = Arc::new(Namespace::new(schema));
+        let changes = Arc::new(watch::Sender::new(0));
+        let events = Arc::new(watch::Sender::new(0));
+        let channels = listen::Channels {
+            calls: namespace.channel.clone(),
+            changes: Arc::clone(&changes),
+            events: namespace.events_channel.clone(),
+            events_readable: Arc::clone(&events),
+        };
         let listener_pool = listen::listener_pool(&pool);
-        let listener = listen::connect(&listener_pool, &namespace.channel)
+        let listener = listen::connect(&listener_pool, &channels)
             .await
             .map_err(|error| PgError::connect(connect::target(&pool.connect_options()), error))?;
-        let changes = Arc::new(watch::Sender::new(0));
+        let sequencer = Arc::new(Sequencer::new());
         let tasks = vec![
-            tokio::spawn(listen::run(
-                listener_pool,
-                listener,
-                namespace.channel.clone(),
-                Arc::clone(&changes),
-            )),
+            tokio::spawn(listen::run(listener_pool, listener, channels)),
             tokio::spawn(counts::compact_periodically(
                 pool.clone(),
                 namespace.compact_lock,
+            )),
+            tokio::spawn(sequencer::run(
+                pool.clone(),
+                Arc::clone(&sequencer),
+                namespace.sequence_lock,
+                namespace.events_channel.clone(),
+                Arc::clone(&events),
             )),
         ];
         Ok(Self {
             pool,
             namespace,
             changes,
+            events,
+            sequencer,
             _background: Arc::new(Background(tasks)),
         })
     }
@@ -232,9 +253,10 @@ impl PgStore {
     }
 
     /// Deletes up to `limit` calls in a terminal status (`COMPLETED`,
-    /// `FAILED`, `EXPIRED`, any status the state machine calls terminal)
-    /// whose `ended_at` is before `cutoff`, oldest end first, with their
-    /// attempt history and provider ids; returns how many calls it deleted.
+    /// `FAILED`, `EXPIRED`, `CANCELED`, any status the state machine calls
+    /// terminal) whose `ended_at` is before `cutoff`, oldest end first, with
+    /// their attempt history, provider ids, events and callback delivery;
+    /// returns how many calls it deleted.
     /// One short transaction: call it again while it returns `limit` to
     /// purge a backlog in small batches. Rows another transaction holds are
     /// skipped, not waited for. Counts stay exact. A webhook naming a
@@ -268,8 +290,7 @@ impl PgStore {
     /// trigger's NOTIFY reaches every process too, but only through the
     /// listener, which may be reconnecting.
     fn bump(&self) {
-        self.changes
-            .send_modify(|generation| *generation = generation.wrapping_add(1));
+        listen::bump(&self.changes);
     }
 }
 
@@ -283,6 +304,7 @@ impl Store for PgStore {
     ) -> Result<Created, StoreError> {
         let created = create::create(&self.pool, id, new, now).await?;
         if created.created {
+            self.sequencer.written();
             self.bump();
         }
         Ok(created)
@@ -298,8 +320,12 @@ impl Store for PgStore {
         patch: &CallPatch,
         now: DateTime<Utc>,
     ) -> Result<Call, StoreError> {
-        let _ = (id, patch, now);
-        Err(pending("update"))
+        let call = update::update(&self.pool, id, patch, now).await?;
+        if patch.reschedules() {
+            // An earlier `notBefore` may make the call due now.
+            self.bump();
+        }
+        Ok(call)
     }
 
     async fn cancel(
@@ -308,13 +334,15 @@ impl Store for PgStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Canceled, StoreError> {
-        let _ = (id, reason, now);
-        Err(pending("cancel"))
+        let (canceled, logged) = cancel::cancel(&self.pool, id, reason, now).await?;
+        if logged {
+            self.sequencer.written();
+        }
+        Ok(canceled)
     }
 
     async fn attempts(&self, id: CallId) -> Result<Vec<Attempt>, StoreError> {
-        let _ = id;
-        Err(pending("attempts"))
+        Ok(read::attempts(&self.pool, id).await?)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
@@ -326,7 +354,11 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        Ok(claim::claim(&self.pool, self.namespace.claim_lock, request).await?)
+        let claimed = claim::claim(&self.pool, self.namespace.claim_lock, request).await?;
+        if !claimed.is_empty() {
+            self.sequencer.written();
+        }
+        Ok(claimed)
     }
 
     async fn record_dial(
@@ -334,10 +366,7 @@ impl Store for PgStore {
         attempt: AttemptRef,
         provider_call_id: &str,
     ) -> Result<Option<Call>, StoreError> {
-        if settle::record_dial(&self.pool, attempt, provider_call_id).await? {
-            return Ok(Some(read::get(&self.pool, attempt.call_id).await?));
-        }
-        Ok(None)
+        Ok(settle::record_dial(&self.pool, attempt, provider_call_id).await?)
     }
 
     async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
@@ -351,13 +380,19 @@ impl Store for PgStore {
     ) -> Result<Settled, StoreError> {
         let settled = settle::settle(&self.pool, attempt, settlement).await?;
         if matches!(settled, Settled::Applied(_)) {
+            // Every applied settlement changes the status.
+            self.sequencer.written();
             self.bump();
         }
         Ok(settled)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
-        Ok(timers::expire_due(&self.pool, now).await?)
+        let expired = timers::expire_due(&self.pool, now).await?;
+        if !expired.is_empty() {
+            self.sequencer.written();
+        }
+        Ok(expired)
     }
 
     async fn stale_attempts(
@@ -381,21 +416,24 @@ impl Store for PgStore {
     }
 
     async fn events_after(&self, after: EventId, limit: u32) -> Result<Vec<Event>, StoreError> {
-        let _ = (after, limit);
-        Err(pending("events_after"))
+        // Read-your-writes: every event this process committed is numbered.
+        self.sequencer.caught_up().await;
+        Ok(events::after(&self.pool, after, limit).await?)
     }
 
     async fn last_event_id(&self) -> Result<EventId, StoreError> {
-        Err(pending("last_event_id"))
+        self.sequencer.caught_up().await;
+        Ok(events::last_id(&self.pool).await?)
     }
 
     fn subscribe_events(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+        self.events.subscribe()
     }
 
     async fn claim_deliveries(&self, request: &DeliveryClaim) -> Result<Vec<Delivery>, StoreError> {
-        let _ = request;
-        Err(pending("claim_deliveries"))
+        // A delivery is claimed once its event has an id.
+        self.sequencer.caught_up().await;
+        Ok(deliveries::claim(&self.pool, request).await?)
     }
 
     async fn record_delivery(
@@ -403,16 +441,14 @@ impl Store for PgStore {
         delivery: DeliveryRef,
         outcome: DeliveryOutcome,
     ) -> Result<bool, StoreError> {
-        let _ = (delivery, outcome);
-        Err(pending("record_delivery"))
+        Ok(deliveries::record(&self.pool, delivery, outcome).await?)
     }
 
     async fn next_delivery_at(
         &self,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let _ = now;
-        Ok(None)
+        Ok(deliveries::next_at(&self.pool, now).await?)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -422,10 +458,4 @@ impl Store for PgStore {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
-}
-
-/// TRANSITIONAL (branch `control` only): the PostgreSQL side of call control
-/// and the event log is being written; these operations fail until then.
-fn pending(operation: &str) -> StoreError {
-    StoreError::Backend(format!("{operation} is not implemented on PostgreSQL yet").into())
 }

@@ -7,22 +7,27 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::error::PgError;
+use crate::events::{event_columns, log_changes};
 use crate::row::attempt_ref;
 
 /// The `Expire` transition, set-based: `EXPIRED`, `ended_at = now`, no
-/// back-off. `SKIP LOCKED` leaves rows another transaction holds (being
-/// claimed, patched or expired by another engine) to the next round instead
-/// of queueing on them.
-const EXPIRE: &str = "\
-    WITH due AS ( \
+/// back-off; with each call's `call.expired` event and callback delivery.
+/// `SKIP LOCKED` leaves rows another transaction holds (being claimed,
+/// patched or expired by another engine) to the next round instead of
+/// queueing on them.
+const EXPIRE: &str = concat!(
+    "WITH due AS ( \
         SELECT id FROM calls WHERE status = 'PENDING' AND expires_at <= $1 \
         FOR UPDATE SKIP LOCKED \
-    ), expired AS ( \
+    ), changed AS ( \
         UPDATE calls SET status = 'EXPIRED', ended_at = $1, next_attempt_at = NULL \
         FROM due WHERE calls.id = due.id \
-        RETURNING calls.id, calls.created_at \
-    ) \
-    SELECT id FROM expired ORDER BY created_at, id";
+        RETURNING calls.id, calls.created_at, calls.status, calls.callback_url, ",
+    event_columns!("'call.expired'", "$1"),
+    " ), ",
+    log_changes!(),
+    " SELECT id FROM changed ORDER BY created_at, id"
+);
 
 /// A read only: the caller settles each attempt, and `settle` tolerates
 /// engines racing to do so.
@@ -41,14 +46,15 @@ const NEXT_TIMER: &str = "\
         (SELECT min(lease_expires_at) FROM calls \
          WHERE status = 'IN_PROGRESS' AND lease_expires_at > $1))";
 
-/// Expires every `PENDING` call whose `expires_at` is at or before `now`;
-/// returns their ids, oldest first.
+/// Expires every `PENDING` call whose `expires_at` is at or before `now`
+/// (truncated to the microseconds PostgreSQL keeps); returns their ids,
+/// oldest first.
 pub(crate) async fn expire_due(
     executor: impl PgExecutor<'_>,
     now: DateTime<Utc>,
 ) -> Result<Vec<CallId>, PgError> {
     let ids: Vec<Uuid> = sqlx::query_scalar(EXPIRE)
-        .bind(now)
+        .bind(orchestrator_core::clock::truncate_to_micros(now))
         .fetch_all(executor)
         .await?;
     Ok(ids.into_iter().map(CallId).collect())

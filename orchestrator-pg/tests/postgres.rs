@@ -260,6 +260,7 @@ async fn counts_stay_exact_through_compaction() {
             },
             _ => Settlement::Retry {
                 error: "provider 503".into(),
+                at: t(101),
                 retry_at: t(130),
             },
         };
@@ -495,7 +496,8 @@ async fn calls_in_every_status(store: &PgStore) -> Vec<CallId> {
         assert!(store
             .record_dial(call.current_attempt(), &provider_id)
             .await
-            .unwrap());
+            .unwrap()
+            .is_some());
     }
     let attempt = |n: usize| claimed[n].current_attempt();
     let settlements = [
@@ -518,6 +520,7 @@ async fn calls_in_every_status(store: &PgStore) -> Vec<CallId> {
             2,
             Settlement::Retry {
                 error: "provider 503".into(),
+                at: t(40),
                 retry_at: t(60),
             },
         ),

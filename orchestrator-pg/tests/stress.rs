@@ -336,10 +336,14 @@ async fn concurrent_claimers_on_separate_stores_keep_the_cap_and_the_number_rule
                 };
                 let roll: f64 = rng.random();
                 let settlement = if roll < 0.10 {
-                    Settlement::Capacity { retry_at: now }
+                    Settlement::Capacity {
+                        at: now,
+                        retry_at: now,
+                    }
                 } else if roll < 0.35 && call.attempts < 3 {
                     Settlement::Retry {
                         error: "provider 503".into(),
+                        at: now,
                         retry_at: now,
                     }
                 } else if roll < 0.5 {
