@@ -12,8 +12,9 @@ use crate::input::CallbackUrl;
 use crate::provider::ReportedStatus;
 use crate::retry::RetryPolicy;
 
-/// Which webhook outcomes are re-dialled with back-off instead of failing the
-/// call at once. By default neither is: `BUSY` and `NO_ANSWER` fail the call.
+/// Which no-contact outcomes are re-dialled with back-off instead of failing
+/// the call at once. By default none is: `BUSY`, `NO_ANSWER` and `VOICEMAIL`
+/// fail the call.
 ///
 /// ```
 /// use orchestrator_core::{RedialPolicy, ReportedStatus};
@@ -29,6 +30,8 @@ pub struct RedialPolicy {
     pub busy: bool,
     /// Re-dial when the provider reports `NO_ANSWER`.
     pub no_answer: bool,
+    /// Re-dial when the provider reports `VOICEMAIL` (an answering machine).
+    pub voicemail: bool,
 }
 
 impl RedialPolicy {
@@ -46,13 +49,26 @@ impl RedialPolicy {
         self
     }
 
-    /// Whether `status` is re-dialled.
+    /// This policy, re-dialling `VOICEMAIL` or not.
+    #[must_use]
+    pub fn with_voicemail(mut self, redial: bool) -> Self {
+        self.voicemail = redial;
+        self
+    }
+
+    /// Whether `status` (a no-contact outcome) is re-dialled.
     #[must_use]
     pub fn redials(&self, status: ReportedStatus) -> bool {
         match status {
             ReportedStatus::Busy => self.busy,
             ReportedStatus::NoAnswer => self.no_answer,
-            ReportedStatus::Completed | ReportedStatus::Failed => false,
+            ReportedStatus::Voicemail => self.voicemail,
+            ReportedStatus::Completed
+            | ReportedStatus::Failed
+            | ReportedStatus::Transient
+            | ReportedStatus::BadNumber
+            | ReportedStatus::AccountError
+            | ReportedStatus::Capacity => false,
         }
     }
 }
@@ -91,6 +107,11 @@ pub struct EngineConfig {
     /// Longest sleep between two dispatch rounds when nothing signals: a
     /// safety net for lost wake-ups, not the dispatch mechanism (default 2 s).
     pub fallback_poll: Duration,
+    /// How long dialling pauses after the provider reports an account or
+    /// configuration error (no credits, a frozen subscription), so the
+    /// queue is not burnt through; default 5 minutes.
+    /// [`Engine::resume_dialling`](crate::Engine::resume_dialling) ends it early.
+    pub account_error_pause: Duration,
     /// Most calls claimed by one store round trip (default 30).
     pub claim_batch: u32,
     /// Capacity of the queue of in-process webhooks (default 1024).
@@ -143,6 +164,7 @@ impl Default for EngineConfig {
             capacity_retry_after: Duration::from_secs(5),
             redial: RedialPolicy::default(),
             fallback_poll: Duration::from_secs(2),
+            account_error_pause: Duration::from_secs(300),
             claim_batch: 30,
             webhook_queue: 1024,
             shutdown_grace: Duration::from_secs(10),
@@ -268,6 +290,13 @@ impl EngineConfig {
     #[must_use]
     pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// This configuration pausing dialling this long after an account error.
+    #[must_use]
+    pub fn with_account_error_pause(mut self, pause: Duration) -> Self {
+        self.account_error_pause = pause;
         self
     }
 
@@ -466,6 +495,7 @@ mod tests {
             capacity_retry_after: Duration::from_secs(63),
             redial,
             fallback_poll: Duration::from_secs(64),
+            account_error_pause: Duration::from_secs(300),
             claim_batch: 8,
             webhook_queue: 9,
             shutdown_grace: Duration::from_secs(65),

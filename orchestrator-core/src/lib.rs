@@ -82,8 +82,8 @@ pub use input::{CallbackUrl, IdempotencyKey, Metadata, ScriptId};
 pub use memory::MemoryStore;
 pub use phone::PhoneNumber;
 pub use provider::{
-    DialError, DialRequest, Dialled, HangUpError, Provider, ReportedStatus, StatusReport,
-    WebhookDelivery, WebhookSink,
+    CallLookup, DialError, DialRequest, Dialled, HangUpError, LookupError, Provider,
+    ReportedStatus, StatusReport, WebhookDelivery, WebhookSink,
 };
 pub use retry::{RetryDecision, RetryPolicy, RetryPolicyError};
 pub use simulated::{Faults, OutcomeMix, SimulatedProvider, SimulationConfig, StartedCall};

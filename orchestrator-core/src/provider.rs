@@ -77,25 +77,63 @@ pub enum DialError {
         /// E.g. `"provider 422: invalid number"`.
         reason: String,
     },
+    /// The provider refused because of our account or configuration (no
+    /// credits, a frozen subscription, an unknown assistant): the call
+    /// fails at once, and the engine pauses dialling for a while and says
+    /// so loudly, rather than burning through the queue.
+    #[error("{reason}")]
+    Account {
+        /// The provider's own reason, e.g. `"call.start.error-subscription-insufficient-credits"`.
+        reason: String,
+    },
 }
 
-/// The outcome a provider reports in its webhook.
+/// How a provider's call ended, by disposition: what the engine does next.
+///
+/// The generic webhook contract carries the first four
+/// ([`ReportedStatus::GENERIC`]); platform adapters map their own outcome
+/// vocabularies (Vapi's `endedReason`, Retell's `disconnection_reason`)
+/// onto all of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReportedStatus {
-    /// The call took place.
+    /// The call took place: `COMPLETED`.
     Completed,
-    /// The call failed at the provider.
+    /// The call failed at the provider: `FAILED`, no retry.
     Failed,
-    /// The callee's line was busy.
+    /// The callee's line was busy: no contact, re-dialled as the
+    /// [`RedialPolicy`](crate::RedialPolicy) says.
     Busy,
-    /// Nobody answered.
+    /// Nobody answered: no contact, as the re-dial policy says.
     NoAnswer,
+    /// An answering machine took the call: no contact, as the re-dial policy says.
+    Voicemail,
+    /// A fault of the platform or its carrier: retried with back-off (the
+    /// attempt counts).
+    Transient,
+    /// The number cannot be called (invalid, unreachable, refused by the
+    /// carrier): `FAILED`, no retry.
+    BadNumber,
+    /// Our account or configuration at the platform is at fault: `FAILED`,
+    /// no retry, and dialling pauses.
+    AccountError,
+    /// The platform had no free slot and never started the call: re-dialled
+    /// later without consuming an attempt.
+    Capacity,
 }
 
 impl ReportedStatus {
-    /// The wire name, e.g. `"NO_ANSWER"`; also the `lastError` of a call it fails.
+    /// The statuses of the generic webhook contract.
+    pub const GENERIC: [ReportedStatus; 4] = [
+        ReportedStatus::Completed,
+        ReportedStatus::Failed,
+        ReportedStatus::Busy,
+        ReportedStatus::NoAnswer,
+    ];
+
+    /// The wire name, e.g. `"NO_ANSWER"`; also the `lastError` of a call it
+    /// fails when the report carries no reason of its own.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,6 +141,11 @@ impl ReportedStatus {
             ReportedStatus::Failed => "FAILED",
             ReportedStatus::Busy => "BUSY",
             ReportedStatus::NoAnswer => "NO_ANSWER",
+            ReportedStatus::Voicemail => "VOICEMAIL",
+            ReportedStatus::Transient => "TRANSIENT",
+            ReportedStatus::BadNumber => "BAD_NUMBER",
+            ReportedStatus::AccountError => "ACCOUNT_ERROR",
+            ReportedStatus::Capacity => "CAPACITY",
         }
     }
 }
@@ -123,6 +166,36 @@ pub struct StatusReport {
     /// When the call ended (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// The platform's own reason, e.g. Vapi's `endedReason`
+    /// `"customer-busy"`; becomes `lastError` when the call does not complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a provider knows of one of its calls ([`Provider::call_status`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum CallLookup {
+    /// The call has ended; the report settles its attempt as a webhook would.
+    Ended(StatusReport),
+    /// The call is still live (queued, ringing, in progress).
+    Live,
+    /// The provider does not know the call.
+    Unknown,
+}
+
+/// Why a status lookup gave no answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// This provider cannot look calls up.
+    #[error("the provider cannot look calls up")]
+    Unsupported,
+    /// The lookup failed (network error, timeout, an error status).
+    #[error("{reason}")]
+    Failed {
+        /// E.g. `"provider 503"`.
+        reason: String,
+    },
 }
 
 /// A webhook delivered in-process: the report and the `callId`/`attempt`
@@ -193,6 +266,24 @@ pub trait Provider: Send + Sync + 'static {
         _attempt: AttemptRef,
     ) -> Result<(), HangUpError> {
         Err(HangUpError::Unsupported)
+    }
+
+    /// Asks the provider how its call `provider_call_id` (attempt `attempt`)
+    /// stands, to reconcile an attempt whose lease ran out without a
+    /// webhook (a platform that does not retry webhooks loses some). An
+    /// [`CallLookup::Ended`] answer settles the attempt as its webhook
+    /// would have; only a call that is unknown or still live counts as a
+    /// webhook timeout. Optional: the default answers
+    /// [`LookupError::Unsupported`].
+    ///
+    /// # Errors
+    /// [`LookupError::Unsupported`]; [`LookupError::Failed`].
+    async fn call_status(
+        &self,
+        _provider_call_id: &str,
+        _attempt: AttemptRef,
+    ) -> Result<CallLookup, LookupError> {
+        Err(LookupError::Unsupported)
     }
 
     /// Called by the engine when it starts, for providers that report outcomes
@@ -301,6 +392,7 @@ mod tests {
                 status: ReportedStatus::Busy,
                 duration_sec: None,
                 completed_at: None,
+                reason: None,
             },
             attempt: Some(attempt(1)),
         };

@@ -46,6 +46,16 @@ pub struct OutcomeMix {
     pub busy: u32,
     /// Weight of `NO_ANSWER`.
     pub no_answer: u32,
+    /// Weight of `VOICEMAIL`.
+    pub voicemail: u32,
+    /// Weight of `TRANSIENT`.
+    pub transient: u32,
+    /// Weight of `BAD_NUMBER`.
+    pub bad_number: u32,
+    /// Weight of `ACCOUNT_ERROR`.
+    pub account_error: u32,
+    /// Weight of `CAPACITY`.
+    pub capacity: u32,
 }
 
 impl OutcomeMix {
@@ -58,6 +68,11 @@ impl OutcomeMix {
             failed: 0,
             busy: 0,
             no_answer: 0,
+            voicemail: 0,
+            transient: 0,
+            bad_number: 0,
+            account_error: 0,
+            capacity: 0,
         }
     }
 
@@ -82,6 +97,11 @@ impl OutcomeMix {
             ReportedStatus::Failed => self.failed,
             ReportedStatus::Busy => self.busy,
             ReportedStatus::NoAnswer => self.no_answer,
+            ReportedStatus::Voicemail => self.voicemail,
+            ReportedStatus::Transient => self.transient,
+            ReportedStatus::BadNumber => self.bad_number,
+            ReportedStatus::AccountError => self.account_error,
+            ReportedStatus::Capacity => self.capacity,
         }
     }
 
@@ -91,6 +111,11 @@ impl OutcomeMix {
             ReportedStatus::Failed => &mut self.failed,
             ReportedStatus::Busy => &mut self.busy,
             ReportedStatus::NoAnswer => &mut self.no_answer,
+            ReportedStatus::Voicemail => &mut self.voicemail,
+            ReportedStatus::Transient => &mut self.transient,
+            ReportedStatus::BadNumber => &mut self.bad_number,
+            ReportedStatus::AccountError => &mut self.account_error,
+            ReportedStatus::Capacity => &mut self.capacity,
         }
     }
 
@@ -101,6 +126,13 @@ impl OutcomeMix {
             (self.failed, ReportedStatus::Failed),
             (self.busy, ReportedStatus::Busy),
             (self.no_answer, ReportedStatus::NoAnswer),
+            // Appended after the generic four, so mixes without them draw
+            // exactly as before.
+            (self.voicemail, ReportedStatus::Voicemail),
+            (self.transient, ReportedStatus::Transient),
+            (self.bad_number, ReportedStatus::BadNumber),
+            (self.account_error, ReportedStatus::AccountError),
+            (self.capacity, ReportedStatus::Capacity),
         ];
         let total: u32 = weighted.iter().map(|(weight, _)| weight).sum();
         if total == 0 {
@@ -120,12 +152,11 @@ impl OutcomeMix {
 impl Default for OutcomeMix {
     /// 85 % completed, 5 % each of failed, busy and no answer.
     fn default() -> Self {
-        Self {
-            completed: 85,
-            failed: 5,
-            busy: 5,
-            no_answer: 5,
-        }
+        Self::zero()
+            .with_weight(ReportedStatus::Completed, 85)
+            .with_weight(ReportedStatus::Failed, 5)
+            .with_weight(ReportedStatus::Busy, 5)
+            .with_weight(ReportedStatus::NoAnswer, 5)
     }
 }
 
@@ -532,6 +563,7 @@ fn report(provider_call_id: String, draw: &Draw) -> StatusReport {
         status: draw.status,
         duration_sec: Some(u32::try_from(draw.duration.as_secs()).unwrap_or(u32::MAX)),
         completed_at: None,
+        reason: None,
     }
 }
 
@@ -819,6 +851,7 @@ mod tests {
                     status: ReportedStatus::Completed,
                     duration_sec: Some(10),
                     completed_at: None,
+                    reason: None,
                 },
                 attempt: Some(request(1, 1).attempt),
             }
@@ -909,6 +942,7 @@ mod tests {
                 Err(DialError::Retryable { .. }) => "timeout",
                 Err(DialError::AtCapacity { .. }) => "429",
                 Err(DialError::Permanent { .. }) => "422",
+                Err(DialError::Account { .. }) => "account",
             };
             *kinds.entry(kind).or_insert(0u32) += 1;
         }
@@ -1014,6 +1048,7 @@ mod tests {
                     status: ReportedStatus::Failed,
                     duration_sec: Some(3),
                     completed_at: None,
+                    reason: None,
                 },
                 attempt: Some(attempt),
             }

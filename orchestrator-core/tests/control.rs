@@ -80,6 +80,7 @@ async fn report(engine: &Engine, attempt: AttemptRef, status: ReportedStatus) {
                 status,
                 duration_sec: None,
                 completed_at: None,
+                reason: None,
             },
             attempt: None,
         })

@@ -188,6 +188,7 @@ fn webhook(
             status,
             duration_sec: Some(42),
             completed_at: Some(t(42)),
+            reason: None,
         },
         attempt: query,
     }

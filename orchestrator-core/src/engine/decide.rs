@@ -20,6 +20,9 @@ use crate::retry::{RetryDecision, RetryPolicy};
 use crate::store::Settlement;
 use crate::validate::validate_provider_call_id;
 
+/// The dial-outcome label of an account error (see [`DialError::Account`]).
+pub(crate) const ACCOUNT: &str = "account";
+
 /// The `lastError` of an attempt whose lease ran out without a webhook.
 pub(crate) const WEBHOOK_TIMEOUT: &str = "webhook timeout";
 
@@ -34,7 +37,7 @@ pub(crate) enum DialVerdict {
     },
     /// The dial did not start: settle the attempt now.
     Settle {
-        /// The dial outcome for metrics: `retryable`, `capacity` or `permanent`.
+        /// The dial outcome for metrics: `retryable`, `capacity`, `permanent` or `account`.
         label: &'static str,
         /// What the attempt settles to.
         settlement: Settlement,
@@ -83,6 +86,14 @@ pub(crate) fn dial_verdict(
                 retry_at: clock::add(now, retry_after.unwrap_or(capacity_retry_after)),
             },
         ),
+        Err(DialError::Account { reason }) => (
+            ACCOUNT,
+            Settlement::Failed {
+                error: reason,
+                at: now,
+                duration_sec: None,
+            },
+        ),
         Err(DialError::Permanent { reason }) => (
             "permanent",
             Settlement::Failed {
@@ -96,42 +107,62 @@ pub(crate) fn dial_verdict(
 }
 
 /// What attempt `attempt` (from 1) settles to when the provider's webhook
-/// reports `report` at `now`.
+/// (or a status lookup) reports `report` at `now`, by disposition:
 ///
-/// `COMPLETED` completes the call. `FAILED` fails it; so do `BUSY` and
-/// `NO_ANSWER` unless `redial` re-dials them, in which case they are a
-/// retryable failure ([`after_failure`]) that fails the call only once the
-/// attempts are used up. The `lastError` is the reported status. A call that
-/// ends takes its `endedAt` from the report's `completedAt` (truncated to
-/// microseconds), or `now` when absent, and the reported duration.
+/// - `COMPLETED` completes the call.
+/// - No contact (`BUSY`, `NO_ANSWER`, `VOICEMAIL`) fails it, unless `redial`
+///   re-dials that status: then it is a retryable failure
+///   ([`after_failure`]) that fails the call only once the attempts are
+///   used up.
+/// - `TRANSIENT` (a platform fault) is a retryable failure.
+/// - `FAILED`, `BAD_NUMBER` and `ACCOUNT_ERROR` fail it at once (the caller
+///   also pauses dialling on an account error).
+/// - `CAPACITY` (the platform refused to start it for lack of a slot) gives
+///   the attempt back, to re-dial after `capacity_retry_after`.
+///
+/// The `lastError` is the platform's own reason when the report carries
+/// one, else the status's name. A call that ends takes its `endedAt` from
+/// the report's `completedAt` (truncated to microseconds), or `now` when
+/// absent, and the reported duration.
 pub(crate) fn report_settlement(
     report: &StatusReport,
     redial: RedialPolicy,
     retry: &RetryPolicy,
+    capacity_retry_after: Duration,
     attempt: u32,
     now: DateTime<Utc>,
     rng: &mut impl Rng,
 ) -> Settlement {
     let at = report.completed_at.map_or(now, clock::truncate_to_micros);
     let duration_sec = report.duration_sec;
-    let error = report.status.as_str().to_owned();
+    let error = report
+        .reason
+        .clone()
+        .unwrap_or_else(|| report.status.as_str().to_owned());
+    let failed = |error| Settlement::Failed {
+        error,
+        at,
+        duration_sec,
+    };
     match report.status {
         ReportedStatus::Completed => Settlement::Completed { at, duration_sec },
-        status if redial.redials(status) => match after_failure(retry, attempt, error, now, rng) {
-            Settlement::Failed { error, .. } => Settlement::Failed {
-                error,
-                at,
-                duration_sec,
-            },
-            retry => retry,
+        ReportedStatus::Capacity => Settlement::Capacity {
+            at: now,
+            retry_at: clock::add(now, capacity_retry_after),
         },
-        ReportedStatus::Failed | ReportedStatus::Busy | ReportedStatus::NoAnswer => {
-            Settlement::Failed {
-                error,
-                at,
-                duration_sec,
+        status if status == ReportedStatus::Transient || redial.redials(status) => {
+            match after_failure(retry, attempt, error, now, rng) {
+                Settlement::Failed { error, .. } => failed(error),
+                retry => retry,
             }
         }
+        ReportedStatus::Failed
+        | ReportedStatus::Busy
+        | ReportedStatus::NoAnswer
+        | ReportedStatus::Voicemail
+        | ReportedStatus::Transient
+        | ReportedStatus::BadNumber
+        | ReportedStatus::AccountError => failed(error),
     }
 }
 
@@ -172,6 +203,9 @@ mod tests {
         ReportedStatus::Busy,
         ReportedStatus::NoAnswer,
     ];
+
+    /// The wait after a `CAPACITY` report in these tests.
+    const CAPACITY_WAIT: Duration = Duration::from_secs(5);
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap()
@@ -230,12 +264,14 @@ mod tests {
             status,
             duration_sec: Some(42),
             completed_at,
+            reason: None,
         }
     }
 
     const REDIAL_BOTH: RedialPolicy = RedialPolicy {
         busy: true,
         no_answer: true,
+        voicemail: false,
     };
 
     // ------------------------------------------------------------ dials
@@ -417,6 +453,7 @@ mod tests {
                         &report(ReportedStatus::Completed, Some(ended)),
                         redial,
                         &exact(3),
+                        CAPACITY_WAIT,
                         attempt,
                         now(),
                         &mut rng(),
@@ -437,6 +474,7 @@ mod tests {
                 &report(status, None),
                 RedialPolicy::default(),
                 &exact(3),
+                CAPACITY_WAIT,
                 1,
                 now(),
                 &mut rng(),
@@ -456,6 +494,7 @@ mod tests {
             &report(ReportedStatus::Completed, Some(precise)),
             RedialPolicy::default(),
             &exact(3),
+            CAPACITY_WAIT,
             1,
             now(),
             &mut rng(),
@@ -482,6 +521,7 @@ mod tests {
                     &report(status, Some(ended)),
                     RedialPolicy::default(),
                     &exact(3),
+                    CAPACITY_WAIT,
                     1,
                     now(),
                     &mut rng(),
@@ -507,6 +547,7 @@ mod tests {
                         &report(status, Some(now() - secs(3))),
                         REDIAL_BOTH,
                         &exact(3),
+                        CAPACITY_WAIT,
                         attempt,
                         now(),
                         &mut rng(),
@@ -531,6 +572,7 @@ mod tests {
                     &report(ReportedStatus::Busy, completed_at),
                     REDIAL_BOTH,
                     &exact(3),
+                    CAPACITY_WAIT,
                     3,
                     now(),
                     &mut rng(),
@@ -549,10 +591,12 @@ mod tests {
         let busy_only = RedialPolicy {
             busy: true,
             no_answer: false,
+            voicemail: false,
         };
         let no_answer_only = RedialPolicy {
             busy: false,
             no_answer: true,
+            voicemail: false,
         };
         for (policy, redialled) in [
             (busy_only, ReportedStatus::Busy),
@@ -563,6 +607,7 @@ mod tests {
                     &report(status, None),
                     policy,
                     &exact(3),
+                    CAPACITY_WAIT,
                     1,
                     now(),
                     &mut rng(),
@@ -577,6 +622,7 @@ mod tests {
                 &report(ReportedStatus::Failed, None),
                 REDIAL_BOTH,
                 &exact(3),
+                CAPACITY_WAIT,
                 1,
                 now(),
                 &mut rng(),
@@ -604,6 +650,79 @@ mod tests {
                 error: "webhook timeout".into(),
                 at: now(),
                 duration_sec: None
+            }
+        );
+    }
+
+    #[test]
+    fn platform_dispositions_settle_by_what_they_mean() {
+        let settle = |status, redial| {
+            let mut report = report(status, None);
+            report.reason = Some(format!("platform said {}", status.as_str()));
+            report_settlement(
+                &report,
+                redial,
+                &exact(3),
+                CAPACITY_WAIT,
+                1,
+                now(),
+                &mut rng(),
+            )
+        };
+        // Voicemail is no contact: failed, or re-dialled when the policy says so.
+        let voicemail = RedialPolicy::default().with_voicemail(true);
+        assert!(matches!(
+            settle(ReportedStatus::Voicemail, RedialPolicy::default()),
+            Settlement::Failed { ref error, .. } if error == "platform said VOICEMAIL"
+        ));
+        assert!(matches!(
+            settle(ReportedStatus::Voicemail, voicemail),
+            Settlement::Retry { ref error, .. } if error == "platform said VOICEMAIL"
+        ));
+        // A platform fault is retried with back-off whatever the policy.
+        assert!(matches!(
+            settle(ReportedStatus::Transient, RedialPolicy::default()),
+            Settlement::Retry { .. }
+        ));
+        // A bad number and an account error fail at once, even when no-contact
+        // outcomes are re-dialled.
+        for status in [ReportedStatus::BadNumber, ReportedStatus::AccountError] {
+            assert!(matches!(
+                settle(status, REDIAL_BOTH.with_voicemail(true)),
+                Settlement::Failed { .. }
+            ));
+        }
+        // Capacity gives the attempt back, to re-dial after the capacity wait.
+        assert_eq!(
+            settle(ReportedStatus::Capacity, RedialPolicy::default()),
+            Settlement::Capacity {
+                at: now(),
+                retry_at: now() + CAPACITY_WAIT
+            }
+        );
+    }
+
+    #[test]
+    fn an_account_error_answer_fails_the_dial_and_is_labelled_for_the_pause() {
+        let verdict = dial_verdict(
+            Err(DialError::Account {
+                reason: "insufficient credits".into(),
+            }),
+            &exact(3),
+            CAPACITY_WAIT,
+            1,
+            now(),
+            &mut rng(),
+        );
+        assert_eq!(
+            verdict,
+            DialVerdict::Settle {
+                label: ACCOUNT,
+                settlement: Settlement::Failed {
+                    error: "insufficient credits".into(),
+                    at: now(),
+                    duration_sec: None
+                }
             }
         );
     }

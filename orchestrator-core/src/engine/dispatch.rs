@@ -3,7 +3,8 @@
 //! dial, and the drain of dials in flight and store writes being retried at
 //! shutdown.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -15,7 +16,7 @@ use super::persist::transient;
 use super::Inner;
 use crate::call::{AttemptRef, Call};
 use crate::clock;
-use crate::provider::DialRequest;
+use crate::provider::{CallLookup, DialRequest, LookupError};
 use crate::store::{ClaimRequest, Settled, Settlement, StoreError};
 
 /// Stale leases settled per round; more are picked up by the next round.
@@ -30,6 +31,7 @@ impl Inner {
     /// stops it on return (or when aborted).
     pub(super) async fn dispatch(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut changes = self.store.subscribe();
+        let mut paused = self.paused_until.subscribe();
         let mut dials = JoinSet::new();
         let mut housekeeping = JoinSet::new();
         if let Some(retention) = self.config.retention {
@@ -37,6 +39,7 @@ impl Inner {
         }
         loop {
             changes.mark_unchanged();
+            paused.mark_unchanged();
             let now = self.clock.now();
             let next = match self.round(&mut dials).await {
                 Ok(next) => next,
@@ -56,6 +59,7 @@ impl Inner {
                 _ = stop.changed() => break,
                 Some(_) = dials.join_next(), if !dials.is_empty() => {}
                 _ = changes.changed() => {}
+                _ = paused.changed() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -109,17 +113,21 @@ impl Inner {
             );
         }
         for attempt in self.store.stale_attempts(now, STALE_BATCH).await? {
-            metrics::counter!("orchestrator_stale_leases_total").increment(1);
-            let settlement = self.with_rng(|rng| {
-                decide::after_failure(
-                    &self.config.retry,
-                    attempt.attempt,
-                    decide::WEBHOOK_TIMEOUT.to_owned(),
-                    now,
-                    rng,
-                )
-            });
-            self.settle(attempt, settlement, None).await;
+            // Each stale attempt is looked up at the provider in a task of
+            // its own, so a slow provider never holds up the round; one
+            // task per attempt at a time.
+            let fresh = lock(&self.reconciling).insert(attempt);
+            if fresh {
+                metrics::counter!("orchestrator_stale_leases_total").increment(1);
+                let span = info_span!("stale lease", call_id = %attempt.call_id, attempt = attempt.attempt);
+                dials.spawn(Arc::clone(self).expire_lease(attempt).instrument(span));
+            }
+        }
+        if let Some(until) = self.paused_at(now) {
+            // Dialling is paused after an account error: claim nothing, and
+            // look again when the pause ends.
+            let next = self.store.next_timer(now).await?;
+            return Ok(Some(next.map_or(until, |at| at.min(until))));
         }
         let request = ClaimRequest {
             now,
@@ -184,7 +192,77 @@ impl Inner {
             }
             DialVerdict::Settle { label, settlement } => {
                 metrics::counter!("orchestrator_dials_total", "outcome" => label).increment(1);
+                let reason = match &settlement {
+                    Settlement::Failed { error, .. } if label == decide::ACCOUNT => {
+                        Some(error.clone())
+                    }
+                    _ => None,
+                };
                 self.settle(attempt, settlement, Some(lease_end)).await;
+                if let Some(reason) = reason {
+                    self.pause_dialling(&reason);
+                }
+            }
+        }
+    }
+
+    /// Settles an attempt whose lease ran out: from the provider's status
+    /// when it can tell the call ended, else as a webhook timeout.
+    async fn expire_lease(self: Arc<Self>, attempt: AttemptRef) {
+        if !self.reconcile(attempt).await {
+            let now = self.clock.now();
+            let settlement = self.with_rng(|rng| {
+                decide::after_failure(
+                    &self.config.retry,
+                    attempt.attempt,
+                    decide::WEBHOOK_TIMEOUT.to_owned(),
+                    now,
+                    rng,
+                )
+            });
+            self.settle(attempt, settlement, None).await;
+        }
+        lock(&self.reconciling).remove(&attempt);
+    }
+
+    /// Asks the provider how a stale attempt's call stands, before it counts
+    /// as a webhook timeout: a call the provider reports ended is settled
+    /// from its answer, as its lost webhook would have settled it. Returns
+    /// whether that happened; a call that is unknown, still live, or cannot
+    /// be looked up is left to the webhook-timeout path.
+    async fn reconcile(&self, attempt: AttemptRef) -> bool {
+        let Ok(call) = self.store.get(attempt.call_id).await else {
+            return false;
+        };
+        let Some(provider_call_id) = call
+            .provider_call_id
+            .as_deref()
+            .filter(|_| call.current_attempt() == attempt)
+        else {
+            return false;
+        };
+        let (label, report) = match self.provider.call_status(provider_call_id, attempt).await {
+            Ok(CallLookup::Ended(report)) => ("ended", Some(report)),
+            Ok(CallLookup::Live) => ("live", None),
+            Ok(CallLookup::Unknown) => ("unknown", None),
+            Err(LookupError::Unsupported) => return false,
+            Err(error) => {
+                warn!(call_id = %attempt.call_id, error = &error as &dyn std::error::Error, "could not look up a call whose lease ran out");
+                ("failed", None)
+            }
+        };
+        metrics::counter!("orchestrator_reconciliations_total", "outcome" => label).increment(1);
+        let Some(report) = report else {
+            return false;
+        };
+        match self.settle_report(attempt, &report).await {
+            Ok(settled) => {
+                info!(call_id = %attempt.call_id, attempt = attempt.attempt, status = ?report.status, applied = matches!(settled, Settled::Applied(_)), "attempt settled from the provider's status: its webhook never came");
+                true
+            }
+            Err(error) => {
+                warn!(call_id = %attempt.call_id, error = &error as &dyn std::error::Error, "could not settle a reconciled attempt; the next round tries again");
+                true
             }
         }
     }
@@ -227,4 +305,10 @@ impl Inner {
             None => {}
         }
     }
+}
+
+/// The set of attempts being settled after their lease ran out; a panic
+/// cannot leave it inconsistent, so a poisoned lock is still good.
+fn lock(set: &Mutex<HashSet<AttemptRef>>) -> MutexGuard<'_, HashSet<AttemptRef>> {
+    set.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -64,6 +64,40 @@ impl Inner {
         .await;
     }
 
+    /// Settles `attempt` as `report` says (a webhook's, or a status lookup's
+    /// answer), counts a retry, and pauses dialling when an applied report
+    /// is an account error.
+    pub(super) async fn settle_report(
+        &self,
+        attempt: crate::call::AttemptRef,
+        report: &crate::provider::StatusReport,
+    ) -> Result<Settled, crate::store::StoreError> {
+        let now = self.clock.now();
+        let settlement = self.with_rng(|rng| {
+            decide::report_settlement(
+                report,
+                self.config.redial,
+                &self.config.retry,
+                self.config.capacity_retry_after,
+                attempt.attempt,
+                now,
+                rng,
+            )
+        });
+        let retry = matches!(settlement, Settlement::Retry { .. });
+        let settled = self.store.settle(attempt, settlement).await?;
+        if matches!(settled, Settled::Applied(_)) {
+            if retry {
+                metrics::counter!("orchestrator_retries_total").increment(1);
+            }
+            if report.status == crate::provider::ReportedStatus::AccountError {
+                let reason = report.reason.as_deref().unwrap_or(report.status.as_str());
+                self.pause_dialling(reason);
+            }
+        }
+        Ok(settled)
+    }
+
     /// Settles one webhook and counts its outcome.
     pub(super) async fn handle_webhook(
         &self,
@@ -106,30 +140,14 @@ impl Inner {
                 hint
             }
         };
-        let now = self.clock.now();
-        let settlement = self.with_rng(|rng| {
-            decide::report_settlement(
-                &report,
-                self.config.redial,
-                &self.config.retry,
-                attempt.attempt,
-                now,
-                rng,
-            )
-        });
         let span = info_span!("webhook", call_id = %attempt.call_id, attempt = attempt.attempt);
-        let retry = matches!(settlement, Settlement::Retry { .. });
         let settled = self
-            .store
-            .settle(attempt, settlement)
+            .settle_report(attempt, &report)
             .instrument(span.clone())
             .await?;
         let _entered = span.enter();
         Ok(match settled {
             Settled::Applied(call) => {
-                if retry {
-                    metrics::counter!("orchestrator_retries_total").increment(1);
-                }
                 info!(status = %call.status, "attempt settled by webhook");
                 WebhookOutcome::Applied(call)
             }

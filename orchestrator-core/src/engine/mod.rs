@@ -12,6 +12,7 @@
 //!   through a store outage.
 //! - `retention`: deleting calls that ended long ago.
 //! - `control`: cancel (with the provider's hang-up) and retry.
+//! - `pause`: pausing dialling after an account error.
 //! - `events`: reading the event log as a live stream.
 //! - `deliver`: the worker that delivers terminal events to callback URLs.
 //!
@@ -27,6 +28,7 @@ mod deliver;
 mod dispatch;
 mod events;
 mod intake;
+mod pause;
 mod persist;
 mod retention;
 
@@ -204,6 +206,8 @@ impl EngineBuilder {
                 store_retry,
                 pending_retries: watch::Sender::new(0),
                 callbacks: self.callbacks,
+                paused_until: watch::Sender::new(None),
+                reconciling: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -224,6 +228,11 @@ struct Inner {
     pending_retries: watch::Sender<usize>,
     /// Where terminal events go, when callbacks are on.
     callbacks: Option<Arc<dyn CallbackSender>>,
+    /// Until when claiming is paused after an account error (see `pause`);
+    /// the dispatcher wakes when it changes.
+    paused_until: watch::Sender<Option<DateTime<Utc>>>,
+    /// Attempts whose lease ran out and that a task is settling now.
+    reconciling: Mutex<std::collections::HashSet<crate::call::AttemptRef>>,
 }
 
 impl Inner {
