@@ -253,6 +253,7 @@ struct StatusCounts {
     COMPLETED: u64,
     FAILED: u64,
     EXPIRED: u64,
+    CANCELED: u64,
 }
 
 /// A liveness or readiness answer.
