@@ -13,7 +13,7 @@ use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use orchestrator_core::store::{ListFilter, ListQuery};
+use orchestrator_core::store::{Created, ListFilter, ListQuery};
 use orchestrator_core::{
     Call, CallPatch, CallPayload, CallStatus, CallbackUrl, IdempotencyKey, Metadata, NewCall,
     PhoneNumber, ScriptId,
@@ -187,15 +187,22 @@ pub async fn create(
         }
     };
     let created = state.engine().create_call(new.clone()).await?;
-    let call = created.call;
+    let call = &created.call;
     record_call_id(call.id);
-    if !created.created && !same_request(&call, &new) {
+    if !created.created && !same_request(call, &new) {
         return Err(ApiError::IdempotencyKeyReused(format!(
             "this Idempotency-Key was first used for call {} with a different payload; use a new key for a new call",
             call.id
         )));
     }
-    let mut response = (StatusCode::CREATED, Json(&call)).into_response();
+    Ok(created_response(&created))
+}
+
+/// 201 with the call, `Location: /calls/{id}`, and `Idempotent-Replayed:
+/// true` when the call was created by an earlier request with the same key.
+pub(crate) fn created_response(created: &Created) -> Response {
+    let call = &created.call;
+    let mut response = (StatusCode::CREATED, Json(call)).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&format!("/calls/{}", call.id)) {
         headers.insert(LOCATION, location);
@@ -203,11 +210,11 @@ pub async fn create(
     if !created.created {
         headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 /// The optional `Idempotency-Key` header.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, FieldError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, FieldError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -219,9 +226,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, FieldE
 }
 
 /// Whether an idempotent repeat asked for what the first request did. Only
-/// what the client sent is compared: a pending TTL may have filled in `expiresAt`.
+/// what the client sent is compared: a pending TTL may have filled in
+/// `expiresAt`, and `CALLBACK_URL` the `callbackUrl`. A key first used to
+/// retry a call is a different request.
 fn same_request(first: &Call, repeat: &NewCall) -> bool {
-    first.payload == repeat.payload
+    first.retry_of.is_none()
+        && first.payload == repeat.payload
         && first.not_before == repeat.not_before
         && repeat
             .expires_at

@@ -94,6 +94,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let streams = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Event streams never end by themselves; the drain would wait for them.
+        streams.close_event_streams();
+    };
     connections::serve(listener, router(state), options, shutdown).await;
     housekeeping.abort();
 }
