@@ -369,7 +369,7 @@ async fn lists_filter_by_number_in_any_spelling_script_and_creation_time() {
         assert_eq!(ids(&reply), [other_script.clone(), london.clone()]);
     }
     let by_script = app.get("/calls?to=%2B442071838750&scriptId=survey").await;
-    assert_eq!(ids(&by_script), [other_script.clone()]);
+    assert_eq!(ids(&by_script), [other_script.as_str()]);
     let created = app.get(&format!("/calls/{riyadh}")).await.body["createdAt"]
         .as_str()
         .unwrap()
@@ -378,7 +378,7 @@ async fn lists_filter_by_number_in_any_spelling_script_and_creation_time() {
     assert!(ids(&from).contains(&riyadh), "inclusive: {}", from.text);
     assert!(!ids(&from).contains(&london), "{}", from.text);
     let to = app.get(&format!("/calls?createdTo={created}")).await;
-    assert_eq!(ids(&to), [london.clone()], "exclusive");
+    assert_eq!(ids(&to), [london.as_str()], "exclusive");
     cancel(&app, &london, None).await;
     let canceled = app.get("/calls?status=CANCELED&to=%2B442071838750").await;
     assert_eq!(ids(&canceled), [london]);
