@@ -22,8 +22,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use orchestrator_core::{CallbackError, CallbackSender, Delivery};
-use serde_json::json;
+use chrono::{DateTime, Utc};
+use orchestrator_core::{Call, CallbackError, CallbackSender, Delivery, EventType};
+use serde::Serialize;
 
 use crate::signature::{WebhookSecret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 
@@ -66,14 +67,25 @@ impl HttpCallbackSender {
 }
 
 /// The body of a delivery: `{"type", "timestamp", "data"}`.
+#[derive(Serialize)]
+struct Body<'a> {
+    /// The event type, e.g. `call.completed`.
+    #[serde(rename = "type")]
+    kind: EventType,
+    /// When the change happened (the event's `occurredAt`).
+    timestamp: DateTime<Utc>,
+    /// The call after the change.
+    data: &'a Call,
+}
+
 fn body(delivery: &Delivery) -> Vec<u8> {
     let event = &delivery.event;
     // Serialising plain data cannot fail.
-    serde_json::to_vec(&json!({
-        "type": event.kind,
-        "timestamp": event.occurred_at,
-        "data": event.call,
-    }))
+    serde_json::to_vec(&Body {
+        kind: event.kind,
+        timestamp: event.occurred_at,
+        data: &event.call,
+    })
     .unwrap_or_default()
 }
 
