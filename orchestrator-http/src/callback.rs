@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use orchestrator_core::{Call, CallbackError, CallbackSender, Delivery, EventType};
 use serde::Serialize;
 
+use crate::egress::{self, Targets};
 use crate::signature::{WebhookSecret, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
 
 /// Most bytes of a receiver's answer read (and then dropped): enough to let
@@ -38,17 +39,28 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024;
 pub struct HttpCallbackSender {
     client: reqwest::Client,
     secret: Option<WebhookSecret>,
+    targets: Targets,
 }
 
 impl HttpCallbackSender {
     /// A sender whose tries take at most `timeout`, signing with `secret`
     /// when there is one (unsigned otherwise: `webhook-id` and
-    /// `webhook-timestamp` are still sent).
+    /// `webhook-timestamp` are still sent), to the addresses `targets`
+    /// allows (see [`crate::egress`]; a refused try fails with
+    /// [`egress::BLOCKED`] and is retried like any failed try).
     ///
     /// # Errors
     /// When the HTTP client cannot be built (TLS set-up).
-    pub fn new(timeout: Duration, secret: Option<WebhookSecret>) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        timeout: Duration,
+        secret: Option<WebhookSecret>,
+        targets: Targets,
+    ) -> Result<Self, reqwest::Error> {
+        let mut client = reqwest::Client::builder();
+        if targets == Targets::PublicOnly {
+            client = client.dns_resolver(std::sync::Arc::new(egress::PublicOnly));
+        }
+        let client = client
             .timeout(timeout)
             .connect_timeout(timeout)
             // A redirected POST may turn into a GET, or leave for another
@@ -56,7 +68,11 @@ impl HttpCallbackSender {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { client, secret })
+        Ok(Self {
+            client,
+            secret,
+            targets,
+        })
     }
 
     /// Whether deliveries are signed.
@@ -92,6 +108,13 @@ fn body(delivery: &Delivery) -> Vec<u8> {
 #[async_trait]
 impl CallbackSender for HttpCallbackSender {
     async fn send(&self, delivery: &Delivery) -> Result<(), CallbackError> {
+        if self.targets == Targets::PublicOnly {
+            let url = reqwest::Url::parse(delivery.url.as_str())
+                .map_err(|_| CallbackError::new("request failed"))?;
+            if !egress::is_public_url(&url) {
+                return Err(CallbackError::new(egress::BLOCKED));
+            }
+        }
         let body = body(delivery);
         let id = delivery.event.id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
@@ -129,7 +152,9 @@ impl CallbackSender for HttpCallbackSender {
 }
 
 fn transport_error(error: &reqwest::Error) -> CallbackError {
-    let reason = if error.is_timeout() {
+    let reason = if egress::refused(error) {
+        egress::BLOCKED
+    } else if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
         "connection failed"
@@ -138,4 +163,53 @@ fn transport_error(error: &reqwest::Error) -> CallbackError {
     };
     tracing::debug!(%error, reason, "callback request failed");
     CallbackError::new(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use orchestrator_core::{CallId, CallbackUrl, Event, EventId, NewCall, PhoneNumber, ScriptId};
+
+    use super::*;
+
+    fn delivery(url: &str) -> Delivery {
+        let at = Utc.with_ymd_and_hms(2025, 7, 20, 10, 0, 0).unwrap();
+        let new = NewCall::new(
+            PhoneNumber::parse("+14155550100").unwrap(),
+            ScriptId::parse("welcome").unwrap(),
+        );
+        let call = Call::new(CallId::new_v7(at), &new, at);
+        Delivery {
+            event: Event {
+                id: EventId(1),
+                kind: EventType::Created,
+                occurred_at: at,
+                call,
+            },
+            url: CallbackUrl::parse(url).unwrap(),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn callbacks_to_private_addresses_are_refused_unless_allowed() {
+        let public_only =
+            HttpCallbackSender::new(Duration::from_secs(2), None, Targets::PublicOnly).unwrap();
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://[::1]:9/hook",
+            "http://169.254.169.254/latest/meta-data",
+            "http://localhost:9/hook",
+        ] {
+            let refused = public_only.send(&delivery(url)).await.unwrap_err();
+            assert_eq!(refused.reason, egress::BLOCKED, "{url}");
+        }
+        // Allowed, the same target is tried (and, nothing listening, fails to connect).
+        let any = HttpCallbackSender::new(Duration::from_secs(2), None, Targets::Any).unwrap();
+        let failed = any
+            .send(&delivery("http://127.0.0.1:9/hook"))
+            .await
+            .unwrap_err();
+        assert_eq!(failed.reason, "connection failed");
+    }
 }

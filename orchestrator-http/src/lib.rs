@@ -33,6 +33,7 @@
 
 pub mod auth;
 pub mod callback;
+pub mod egress;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;

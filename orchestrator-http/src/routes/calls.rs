@@ -310,7 +310,13 @@ fn list_query(query: &QueryPairs) -> Result<ListQuery, ApiError> {
             raw.parse::<CallStatus>().map_err(|e| e.to_string())
         }),
         to: parameter(query, "to", &mut errors, |raw| {
-            PhoneNumber::parse(raw).map_err(|e| e.to_string())
+            // An unescaped `+` in a query string arrives as a space
+            // (form encoding); a number never starts with one.
+            let raw = match raw.strip_prefix(' ') {
+                Some(digits) => format!("+{digits}"),
+                None => raw.to_owned(),
+            };
+            PhoneNumber::parse(&raw).map_err(|e| e.to_string())
         }),
         script_id: parameter(query, "scriptId", &mut errors, |raw| {
             ScriptId::parse(raw).map_err(|e| e.message)

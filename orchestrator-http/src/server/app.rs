@@ -325,9 +325,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             )
         }
     };
-    let callbacks =
-        HttpCallbackSender::new(config.callback_timeout, config.callback_secret.clone())
-            .map_err(AppError::Callbacks)?;
+    let callbacks = HttpCallbackSender::new(
+        config.callback_timeout,
+        config.callback_secret.clone(),
+        config.callback_targets,
+    )
+    .map_err(AppError::Callbacks)?;
     let orchestrator = Engine::builder(store, provider)
         .config(config.engine.clone())
         .callbacks(Arc::new(callbacks))

@@ -30,7 +30,10 @@
 //! | `CALLBACK_URL` | `--callback-url` | none: only calls with a `callbackUrl` get callbacks | the `callbackUrl` of calls created without one, `http://` or `https://` |
 //! | `CALLBACK_SECRET` | `--callback-secret` | none: callbacks are sent unsigned | Standard Webhooks secret `whsec_<base64>` that signs client callbacks |
 //! | `CALLBACK_TIMEOUT_MS` | `--callback-timeout-ms` | `5000` | bound on one callback try, milliseconds, at least 1 |
-//! | `CALLBACK_MAX_ATTEMPTS` | `--callback-max-attempts` | `10` | tries of one callback before it is `FAILED`, at least 1 (back-off from 5 s doubling up to 1 h, with jitter) |
+//! | `CALLBACK_MAX_ATTEMPTS` | `--callback-max-attempts` | `10` | tries of one callback before it is `FAILED`, at least 1 |
+//! | `CALLBACK_BASE_RETRY_SECONDS` | `--callback-base-retry-seconds` | `5` | wait after the first failed callback try, doubling (less up to half, at random) |
+//! | `CALLBACK_MAX_RETRY_SECONDS` | `--callback-max-retry-seconds` | `3600` | cap on one wait between callback tries, at least `CALLBACK_BASE_RETRY_SECONDS` |
+//! | `CALLBACK_ALLOW_PRIVATE_NETWORKS` | `--callback-allow-private-networks` | `false` | also send callbacks to loopback, private and link-local addresses (refused by default: a `callbackUrl` is chosen by API clients) |
 //! | `LOG_FORMAT` | `--log-format` | `text` | `text` or `json` |
 //! | `RUST_LOG` | | `info` | log filter (tracing-subscriber `EnvFilter`) |
 //!
@@ -69,6 +72,7 @@ use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{ApiKeyError, ApiKeys};
+use crate::egress::Targets;
 use crate::provider::ApiKey;
 use crate::server::connections::{default_max_connections, ServeOptions};
 use crate::signature::WebhookSecret;
@@ -236,6 +240,15 @@ pub struct Settings {
     /// Tries of one callback delivery before it is failed.
     #[arg(long, env = "CALLBACK_MAX_ATTEMPTS", default_value = "10", value_parser = at_least_one::<NonZeroU32>, global = true)]
     pub callback_max_attempts: NonZeroU32,
+    /// Wait after the first failed callback try, doubling up to the cap.
+    #[arg(long, env = "CALLBACK_BASE_RETRY_SECONDS", default_value = "5", value_parser = positive_duration, global = true)]
+    pub callback_base_retry_seconds: Duration,
+    /// Cap on one wait between callback tries.
+    #[arg(long, env = "CALLBACK_MAX_RETRY_SECONDS", default_value = "3600", value_parser = positive_duration, global = true)]
+    pub callback_max_retry_seconds: Duration,
+    /// Also send callbacks to loopback, private and link-local addresses.
+    #[arg(long, env = "CALLBACK_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub callback_allow_private_networks: bool,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -526,6 +539,14 @@ pub enum ConfigError {
         #[source]
         source: ApiKeyError,
     },
+    /// `CALLBACK_MAX_RETRY_SECONDS` is below `CALLBACK_BASE_RETRY_SECONDS`.
+    #[error("CALLBACK_MAX_RETRY_SECONDS ({max:?}) must be at least CALLBACK_BASE_RETRY_SECONDS ({base:?})")]
+    CallbackMaxRetryBelowBase {
+        /// `CALLBACK_BASE_RETRY_SECONDS`.
+        base: Duration,
+        /// `CALLBACK_MAX_RETRY_SECONDS`.
+        max: Duration,
+    },
     /// `MAX_RETRY_SECONDS` is below `BASE_RETRY_SECONDS`.
     #[error("MAX_RETRY_SECONDS ({max:?}) must be at least BASE_RETRY_SECONDS ({base:?})")]
     MaxRetryBelowBase {
@@ -581,6 +602,8 @@ pub struct Config {
     pub callback_secret: Option<WebhookSecret>,
     /// `CALLBACK_TIMEOUT_MS`.
     pub callback_timeout: Duration,
+    /// `CALLBACK_ALLOW_PRIVATE_NETWORKS`: where callbacks may go.
+    pub callback_targets: Targets,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
 }
@@ -604,6 +627,7 @@ impl Default for Config {
             webhook_secret: None,
             callback_secret: None,
             callback_timeout: Duration::from_secs(5),
+            callback_targets: Targets::PublicOnly,
             log_format: LogFormat::Text,
         }
     }
@@ -635,12 +659,17 @@ impl Config {
         })?;
         let defaults = EngineConfig::default();
         let callback_retry = RetryPolicy::new(
-            defaults.callback_retry.base(),
-            defaults.callback_retry.max_delay(),
+            settings.callback_base_retry_seconds,
+            settings.callback_max_retry_seconds,
             settings.callback_max_attempts.get(),
             defaults.callback_retry.jitter(),
         )
-        .map_err(ConfigError::Retry)?;
+        .map_err(|error| match error {
+            RetryPolicyError::MaxBelowBase { base, max } => {
+                ConfigError::CallbackMaxRetryBelowBase { base, max }
+            }
+            other => ConfigError::Retry(other),
+        })?;
         let callback_timeout = Duration::from_millis(settings.callback_timeout_ms.get());
         // A try's lease outlasts its timeout, so that a live try is never
         // taken over and sent twice at once.
@@ -714,6 +743,11 @@ impl Config {
             webhook_secret: settings.webhook_secret,
             callback_secret: settings.callback_secret,
             callback_timeout,
+            callback_targets: if settings.callback_allow_private_networks {
+                Targets::Any
+            } else {
+                Targets::PublicOnly
+            },
             log_format: settings.log_format,
         })
     }

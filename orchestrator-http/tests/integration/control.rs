@@ -363,6 +363,8 @@ async fn lists_filter_by_number_in_any_spelling_script_and_creation_time() {
         "%2B442071838750",
         "%2B44%20(0)%2020%207183%208750",
         "%2B44-20-7183-8750",
+        // An unescaped `+` is a space in a query string: still the number.
+        "+442071838750",
     ] {
         let reply = app.get(&format!("/calls?to={spelling}")).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);

@@ -309,8 +309,12 @@ async fn a_callback_refused_three_times_is_delivered_on_the_fourth_try_with_one_
         ..Receiver::default()
     };
     let address = start_receiver(receiver.clone()).await;
-    let sender =
-        HttpCallbackSender::new(Duration::from_secs(5), Some(SECRET.parse().unwrap())).unwrap();
+    let sender = HttpCallbackSender::new(
+        Duration::from_secs(5),
+        Some(SECRET.parse().unwrap()),
+        orchestrator_http::egress::Targets::Any,
+    )
+    .unwrap();
     let config = EngineConfig::default().with_callback_retry(
         RetryPolicy::new(
             Duration::from_millis(10),
