@@ -671,9 +671,10 @@ impl Config {
             other => ConfigError::Retry(other),
         })?;
         let callback_timeout = Duration::from_millis(settings.callback_timeout_ms.get());
-        // A try's lease outlasts its timeout, so that a live try is never
-        // taken over and sent twice at once.
-        let callback_lease = defaults.callback_lease.max(callback_timeout * 2);
+        // A try's lease outlasts its timeout (and the write that records its
+        // answer), so a live try is never taken over and sent twice at once;
+        // a try whose node died is taken over soon after.
+        let callback_lease = (callback_timeout * 2).max(callback_timeout + Duration::from_secs(5));
         let engine = EngineConfig::default()
             .with_max_concurrent_calls(settings.max_concurrent_calls.get())
             .with_retry(retry)
@@ -1125,6 +1126,7 @@ mod tests {
         assert!(defaults.callback_secret.is_none());
         assert_eq!(defaults.callback_timeout, Duration::from_secs(5));
         assert_eq!(defaults.engine.callback_retry.max_attempts(), 10);
+        assert_eq!(defaults.engine.callback_lease, Duration::from_secs(10));
         let config = parse(&[
             "--callback-url",
             "https://crm.example.com/hooks/calls",
