@@ -19,4 +19,6 @@ mod openapi;
 #[cfg(feature = "server")]
 mod serving;
 mod support;
+#[cfg(feature = "server")]
+mod tour;
 mod webhook;
