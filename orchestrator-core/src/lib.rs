@@ -76,7 +76,7 @@ pub use callback::{
 };
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use config::{ConfigError, EngineConfig, RedialPolicy};
-pub use engine::{Engine, EngineBuilder, EngineError, EngineHandle, WebhookOutcome};
+pub use engine::{Engine, EngineBuilder, EngineError, EngineHandle, EventStream, WebhookOutcome};
 pub use event::{Event, EventFilter, EventId, EventType};
 pub use input::{CallbackUrl, IdempotencyKey, Metadata, ScriptId};
 pub use memory::MemoryStore;
