@@ -147,8 +147,9 @@ pub struct EngineConfig {
     /// to 1 h, shortened by up to half at random).
     pub callback_retry: RetryPolicy,
     /// How long one try of a delivery may hold it before another worker may
-    /// take it over (default 60 s). Longer than the sender's timeout, so a
-    /// live try is never sent twice at once.
+    /// take it over (default 10 s: twice the HTTP sender's default timeout).
+    /// Must be longer than the sender's timeout, so a live try is never sent
+    /// twice at once; a try whose engine died is sent again once it ends.
     pub callback_lease: Duration,
     /// Most deliveries one engine sends at once (default 16).
     pub callback_concurrency: usize,
@@ -180,7 +181,7 @@ impl Default for EngineConfig {
                 0.5,
             )
             .unwrap_or_default(),
-            callback_lease: Duration::from_secs(60),
+            callback_lease: Duration::from_secs(10),
             callback_concurrency: 16,
         }
     }

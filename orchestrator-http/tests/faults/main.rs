@@ -12,6 +12,9 @@
 //!   the survivor.
 //! - [`slow_connections`]: thousands of connections that never finish their
 //!   request do not keep `/health` from answering.
+//! - [`callbacks`]: client callbacks from two nodes, a receiver that refuses
+//!   each event's first three tries, and `kill -9` of one node: every
+//!   terminal event delivered, each under one `webhook-id`.
 //! - [`sigterm`]: SIGTERM with a stalled client: no dial after the signal,
 //!   webhooks still taken while requests drain, exit 0 within the bound.
 //!
@@ -23,6 +26,7 @@
 //! `target/tmp/faults/`, named in failure messages.
 
 mod api;
+mod callbacks;
 mod checks;
 mod cluster;
 mod node;
