@@ -5,9 +5,12 @@
 
 mod access;
 mod calls;
+mod control;
 #[cfg(feature = "server")]
 mod end_to_end;
 mod http_provider;
+#[cfg(feature = "server")]
+mod live;
 mod malformed;
 mod metrics_and_health;
 #[cfg(feature = "postgres")]
