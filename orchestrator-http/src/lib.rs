@@ -19,6 +19,7 @@
 //! - [`provider`]: [`HttpProvider`], the engine's provider over HTTP.
 //! - [`callback`]: [`HttpCallbackSender`], which POSTs terminal events to
 //!   the calls' callback URLs, signed.
+//! - [`platforms`]: adapters for real platforms ([`platforms::retell`]).
 //!
 //! Feature `server` (default): the `server` module, the configuration, wiring and
 //! binaries; feature `postgres` (default, implies `server`): the PostgreSQL
@@ -37,6 +38,7 @@ pub mod egress;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod platforms;
 pub mod problem;
 pub mod provider;
 mod router;

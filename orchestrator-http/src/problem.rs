@@ -338,11 +338,16 @@ impl IntoResponse for ApiError {
         match &self {
             // RFC 9110 section 15.5.2: a 401 carries a challenge. Standard
             // Webhooks has no registered scheme; the token names what is expected.
-            ApiError::Unauthorized(_) => {
-                response.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    HeaderValue::from_static("StandardWebhooks realm=\"call-status\""),
-                );
+            ApiError::Unauthorized(error) => {
+                let challenge =
+                    if error.header() == crate::platforms::retell::webhook::SIGNATURE_HEADER {
+                        "RetellSignature realm=\"retell\""
+                    } else {
+                        "StandardWebhooks realm=\"call-status\""
+                    };
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
             }
             // RFC 6750 section 3: the challenge names the scheme, and an
             // error code when a token was presented but is wrong.

@@ -86,6 +86,17 @@ pub enum SignatureError {
     /// No `v1` signature in `webhook-signature` matches the content.
     #[error("no signature in header webhook-signature matches the request")]
     NoMatch,
+    /// A platform's signature header (e.g. `x-retell-signature`) carries a
+    /// timestamp more than 5 minutes from the server's time.
+    #[error("the timestamp in header {0} is more than 5 minutes from the server's time")]
+    StaleHeader(&'static str),
+    /// A platform's signature header does not match the request.
+    #[error("the signature in header {0} does not match the request")]
+    MismatchIn(&'static str),
+    /// A platform's webhook arrived, but no key to verify its signature
+    /// header is configured (that platform is not in use).
+    #[error("no key is configured to verify header {0}")]
+    NoKeyFor(&'static str),
 }
 
 impl SignatureError {
@@ -93,7 +104,11 @@ impl SignatureError {
     #[must_use]
     pub fn header(&self) -> &'static str {
         match self {
-            SignatureError::MissingHeader(name) | SignatureError::MalformedHeader(name) => name,
+            SignatureError::MissingHeader(name)
+            | SignatureError::MalformedHeader(name)
+            | SignatureError::StaleHeader(name)
+            | SignatureError::MismatchIn(name)
+            | SignatureError::NoKeyFor(name) => name,
             SignatureError::TimestampOutOfTolerance => WEBHOOK_TIMESTAMP,
             SignatureError::NoMatch => WEBHOOK_SIGNATURE,
         }

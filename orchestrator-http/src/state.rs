@@ -11,6 +11,7 @@ use orchestrator_core::{Engine, EngineError};
 use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
+use crate::platforms::retell::RetellWebhookKey;
 use crate::signature::WebhookSecret;
 
 /// Bounds on one request.
@@ -60,6 +61,7 @@ pub struct AppState {
     store_health: Arc<Mutex<StoreHealth>>,
     /// Set once the server shuts down: event streams end.
     closing: Arc<watch::Sender<bool>>,
+    retell_webhook_key: Option<RetellWebhookKey>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -86,6 +88,7 @@ impl AppState {
             limits: Limits::default(),
             store_health: Arc::default(),
             closing: Arc::new(watch::Sender::new(false)),
+            retell_webhook_key: None,
         }
     }
 
@@ -121,6 +124,21 @@ impl AppState {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Accepts Retell's webhooks (`POST /callbacks/retell`), verifying
+    /// `x-retell-signature` with `key` (the Retell API key); without a key
+    /// they are refused with 401.
+    #[must_use]
+    pub fn with_retell_webhook_key(mut self, key: Option<RetellWebhookKey>) -> Self {
+        self.retell_webhook_key = key;
+        self
+    }
+
+    /// The key of Retell's webhook signatures, when Retell is in use.
+    #[must_use]
+    pub fn retell_webhook_key(&self) -> Option<&RetellWebhookKey> {
+        self.retell_webhook_key.as_ref()
     }
 
     /// The engine.

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use orchestrator_http::provider::ApiKey;
-use orchestrator_http::server::config::{parse_args, parse_duration, secret};
+use orchestrator_http::server::config::{http_url, parse_args, parse_duration, secret};
 use orchestrator_http::server::mock_provider::{
     self, MockProvider, MockProviderConfig, OutcomeMixArg,
 };
+use orchestrator_http::server::mock_retell::{self, RetellMock};
 use orchestrator_http::server::shutdown_signal;
 use orchestrator_http::WebhookSecret;
 use tracing_subscriber::EnvFilter;
@@ -52,6 +53,22 @@ struct Args {
     /// Seed of the outcome and fault draws.
     #[arg(long, env = "MOCK_SEED", default_value_t = 0)]
     seed: u64,
+    /// Which API to mock: `generic` (the orchestrator's own contract) or
+    /// `retell` (Retell's API and webhooks; needs --api-key and --webhook-url).
+    #[arg(long, env = "MOCK_DIALECT", value_enum, default_value_t = Dialect::Generic)]
+    dialect: Dialect,
+    /// Where the `retell` dialect sends its webhooks, e.g. http://127.0.0.1:8080/callbacks/retell.
+    #[arg(long, env = "MOCK_WEBHOOK_URL", value_parser = http_url)]
+    webhook_url: Option<reqwest::Url>,
+}
+
+/// The API the mock speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Dialect {
+    /// `POST /api/v1/calls` and Standard Webhooks.
+    Generic,
+    /// Retell: `create-phone-call`, `get-call`, `stop-call`, `x-retell-signature`.
+    Retell,
 }
 
 /// A number from 0 to 1.
@@ -82,7 +99,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let signed = args.webhook_secret.is_some();
-    let mock = MockProvider::new(MockProviderConfig {
+    let config = MockProviderConfig {
         call_duration: args.call_duration_seconds,
         outcomes: args.outcomes.0,
         webhook_secret: args.webhook_secret,
@@ -91,11 +108,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         capacity_rate: args.capacity_rate,
         seed: args.seed,
         ..MockProviderConfig::default()
-    })
-    .context("could not start")?;
+    };
     let listener = tokio::net::TcpListener::bind((args.bind_host.as_str(), args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.bind_host, args.port))?;
+    if args.dialect == Dialect::Retell {
+        let api_key = config.api_key.clone().context(
+            "the retell dialect needs --api-key (PROVIDER_API_KEY): Retell signs webhooks with it",
+        )?;
+        let webhook_url = args
+            .webhook_url
+            .context("the retell dialect needs --webhook-url (MOCK_WEBHOOK_URL)")?;
+        let mock =
+            RetellMock::new(config, api_key, webhook_url.clone()).context("could not start")?;
+        tracing::info!(
+            address = %listener.local_addr()?,
+            call_duration = ?args.call_duration_seconds,
+            %webhook_url,
+            "mock provider listening, Retell dialect"
+        );
+        mock_retell::serve(listener, &mock, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        return Ok(());
+    }
+    let mock = MockProvider::new(config).context("could not start")?;
     tracing::info!(
         address = %listener.local_addr()?,
         call_duration = ?args.call_duration_seconds,

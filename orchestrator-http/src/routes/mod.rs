@@ -47,6 +47,8 @@ pub struct Operation {
     path: &'static str,
     access: Access,
     route: MethodRouter<AppState>,
+    /// A body limit of its own, instead of [`Limits::body_bytes`](crate::Limits).
+    body_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Operation {
@@ -71,7 +73,14 @@ impl Operation {
             path,
             access,
             route,
+            body_bytes: None,
         }
+    }
+
+    /// With a body limit of its own, in bytes.
+    fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_bytes = Some(bytes);
+        self
     }
 
     /// The HTTP method. `GET` operations also answer `HEAD`.
@@ -95,6 +104,14 @@ impl Operation {
     #[must_use]
     pub fn access(&self) -> Access {
         self.access
+    }
+
+    /// Its largest request body, in bytes, when it differs from the API's
+    /// ([`Limits::body_bytes`](crate::Limits)): a platform's webhook
+    /// carrying transcripts.
+    #[must_use]
+    pub fn body_limit(&self) -> Option<usize> {
+        self.body_bytes
     }
 
     /// The handler, for the router.
@@ -136,6 +153,14 @@ pub fn operations() -> Vec<Operation> {
             Access::Signed,
             webhook::call_status,
         ),
+        // Retell's webhook, signed with `x-retell-signature` (see `platforms::retell`).
+        Operation::new(
+            Verb::Post,
+            "/callbacks/retell",
+            Access::Signed,
+            crate::platforms::retell::webhook::callback,
+        )
+        .with_body_limit(crate::platforms::retell::webhook::MAX_BODY_BYTES),
         Operation::new(Verb::Get, "/metrics", Access::ApiKey, ops::metrics),
         Operation::new(Verb::Get, "/health", Access::Open, ops::health),
         Operation::new(Verb::Get, "/ready", Access::Open, ops::ready),

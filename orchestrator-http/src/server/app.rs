@@ -73,6 +73,9 @@ pub enum AppError {
     /// The HTTP provider could not be configured.
     #[error(transparent)]
     Provider(#[from] HttpProviderError),
+    /// The Retell adapter could not be configured.
+    #[error(transparent)]
+    Retell(#[from] crate::platforms::retell::RetellError),
     /// The HTTP client of client callbacks could not be built.
     #[error("the callback HTTP client could not be built")]
     Callbacks(#[source] reqwest::Error),
@@ -306,25 +309,40 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .map_err(|_| HttpProviderError::BadUrl("PUBLIC_BASE_URL"))?,
     };
     let (store, store_description) = open_store(&config).await?;
-    let (provider, provider_description): (Arc<dyn Provider>, String) = match &config.provider {
-        Some(settings) => {
-            let provider = HttpProvider::new(&HttpProviderConfig {
-                base_url: settings.base_url.clone(),
-                api_key: settings.api_key.clone(),
-                timeout: settings.timeout,
-                public_base_url: public_base_url.clone(),
-            })?;
-            let description = format!("http {}", provider.calls_url());
-            (Arc::new(provider), description)
-        }
-        None => {
-            let simulation = SimulationConfig::default().with_seed(rand::random());
-            (
-                Arc::new(SimulatedProvider::new(simulation)),
-                "simulated (answers and calls back by itself)".to_owned(),
-            )
-        }
-    };
+    let retell = config
+        .retell
+        .as_ref()
+        .map(crate::platforms::retell::RetellProvider::new)
+        .transpose()?;
+    let (provider, provider_description): (Arc<dyn Provider>, String) =
+        match (&config.provider, retell) {
+            (Some(settings), _) => {
+                let provider = HttpProvider::new(&HttpProviderConfig {
+                    base_url: settings.base_url.clone(),
+                    api_key: settings.api_key.clone(),
+                    timeout: settings.timeout,
+                    public_base_url: public_base_url.clone(),
+                })?;
+                let description = format!("http {}", provider.calls_url());
+                (Arc::new(provider), description)
+            }
+            // `PROVIDER=retell`: `Config` then has no generic provider.
+            (None, Some(provider)) => {
+                let description = format!(
+                    "retell {} (configure Retell's webhook URL as {}callbacks/retell)",
+                    provider.url("", None),
+                    public_base_url
+                );
+                (Arc::new(provider), description)
+            }
+            (None, None) => {
+                let simulation = SimulationConfig::default().with_seed(rand::random());
+                (
+                    Arc::new(SimulatedProvider::new(simulation)),
+                    "simulated (answers and calls back by itself)".to_owned(),
+                )
+            }
+        };
     let callbacks = HttpCallbackSender::new(
         config.callback_timeout,
         config.callback_secret.clone(),
@@ -353,9 +371,13 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         shutdown_drain = ?config.serve.shutdown_drain,
         "orchestrator listening"
     );
-    let mut state = AppState::new(orchestrator.clone())
-        .with_webhook_secret(config.webhook_secret)
-        .with_api_keys(config.api_keys);
+    let mut state =
+        AppState::new(orchestrator.clone())
+            .with_webhook_secret(config.webhook_secret)
+            .with_api_keys(config.api_keys)
+            .with_retell_webhook_key(config.retell.as_ref().map(|retell| {
+                crate::platforms::retell::RetellWebhookKey::new(retell.api_key.clone())
+            }));
     if let Some(handle) = crate::metrics::prometheus_recorder() {
         state = state.with_metrics(handle);
     }

@@ -34,6 +34,10 @@
 //! | `CALLBACK_BASE_RETRY_SECONDS` | `--callback-base-retry-seconds` | `5` | wait after the first failed callback try, doubling (less up to half, at random) |
 //! | `CALLBACK_MAX_RETRY_SECONDS` | `--callback-max-retry-seconds` | `3600` | cap on one wait between callback tries, at least `CALLBACK_BASE_RETRY_SECONDS` |
 //! | `CALLBACK_ALLOW_PRIVATE_NETWORKS` | `--callback-allow-private-networks` | `false` | also send callbacks to loopback, private and link-local addresses (refused by default: a `callbackUrl` is chosen by API clients) |
+//! | `PROVIDER` | `--provider` | `generic` | which provider API dials: `generic` (the contract above, `PROVIDER_BASE_URL`), `vapi` or `retell` |
+//! | `RETELL_API_KEY` | `--retell-api-key` | none; required with `PROVIDER=retell` | Retell API key: sent as `Authorization: Bearer`, and the key that verifies `x-retell-signature` on `POST /callbacks/retell` |
+//! | `RETELL_BASE_URL` | `--retell-base-url` | `https://api.retellai.com` | Retell's API, overridable for tests and the mock provider |
+//! | `RETELL_FROM_NUMBER` | `--retell-from-number` | none; required with `PROVIDER=retell` | the number Retell calls from (E.164, bought from or imported to Retell) |
 //! | `LOG_FORMAT` | `--log-format` | `text` | `text` or `json` |
 //! | `RUST_LOG` | | `info` | log filter (tracing-subscriber `EnvFilter`) |
 //!
@@ -67,7 +71,7 @@ use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orchestrator_core::retry::RetryPolicyError;
-use orchestrator_core::{CallbackUrl, EngineConfig, RedialPolicy, RetryPolicy};
+use orchestrator_core::{CallbackUrl, EngineConfig, PhoneNumber, RedialPolicy, RetryPolicy};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -131,6 +135,19 @@ pub enum Redial {
     /// Nobody answered.
     #[value(name = "NO_ANSWER")]
     NoAnswer,
+}
+
+/// Which provider API dials calls (`PROVIDER`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// The generic HTTP contract (`PROVIDER_BASE_URL`), or the simulated
+    /// provider without a base URL.
+    #[default]
+    Generic,
+    /// Vapi.
+    Vapi,
+    /// Retell AI (`RETELL_*`).
+    Retell,
 }
 
 /// The settings, as flags or environment variables (flags win), each parsed
@@ -249,6 +266,18 @@ pub struct Settings {
     /// Also send callbacks to loopback, private and link-local addresses.
     #[arg(long, env = "CALLBACK_ALLOW_PRIVATE_NETWORKS", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub callback_allow_private_networks: bool,
+    /// Which provider API dials calls.
+    #[arg(long, env = "PROVIDER", value_enum, default_value_t = ProviderKind::Generic, ignore_case = true, global = true)]
+    pub provider: ProviderKind,
+    /// Retell API key: authenticates our requests and verifies Retell's webhook signatures.
+    #[arg(long, env = "RETELL_API_KEY", global = true, hide_env_values = true, value_parser = secret::<ApiKey>())]
+    pub retell_api_key: Option<ApiKey>,
+    /// Retell's API base URL.
+    #[arg(long, env = "RETELL_BASE_URL", default_value = crate::platforms::retell::provider::DEFAULT_BASE_URL, value_parser = http_url, global = true)]
+    pub retell_base_url: Url,
+    /// The number Retell calls from, E.164.
+    #[arg(long, env = "RETELL_FROM_NUMBER", value_parser = phone_number, global = true)]
+    pub retell_from_number: Option<PhoneNumber>,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -558,6 +587,22 @@ pub enum ConfigError {
     /// The core refused the retry policy.
     #[error("invalid retry policy")]
     Retry(#[source] RetryPolicyError),
+    /// `PROVIDER` names a platform whose settings are incomplete.
+    #[error("PROVIDER={provider} needs {missing}")]
+    ProviderSettingMissing {
+        /// The platform, as `PROVIDER` spells it.
+        provider: &'static str,
+        /// The variable to set.
+        missing: &'static str,
+    },
+    /// `PROVIDER` names a platform this build has no adapter for.
+    #[error("PROVIDER={0} is not available in this build")]
+    ProviderUnavailable(&'static str),
+}
+
+/// `RETELL_FROM_NUMBER`: a valid phone number, kept in E.164.
+fn phone_number(raw: &str) -> Result<PhoneNumber, String> {
+    PhoneNumber::parse(raw.trim()).map_err(|error| error.to_string())
 }
 
 /// Where the provider is, when it is a real one.
@@ -606,6 +651,9 @@ pub struct Config {
     pub callback_targets: Targets,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// Retell, with `PROVIDER=retell` (`RETELL_*`, `PROVIDER_TIMEOUT_MS`);
+    /// then `provider` is `None`.
+    pub retell: Option<crate::platforms::retell::RetellConfig>,
 }
 
 impl Default for Config {
@@ -629,6 +677,7 @@ impl Default for Config {
             callback_timeout: Duration::from_secs(5),
             callback_targets: Targets::PublicOnly,
             log_format: LogFormat::Text,
+            retell: None,
         }
     }
 }
@@ -691,11 +740,35 @@ impl Config {
             .with_default_callback_url(settings.callback_url)
             .with_callback_retry(callback_retry)
             .with_callback_lease(callback_lease);
-        let provider = settings.provider_base_url.map(|base_url| ProviderSettings {
-            base_url,
-            api_key: settings.provider_api_key,
-            timeout: Duration::from_millis(settings.provider_timeout_ms.get()),
-        });
+        let provider_timeout = Duration::from_millis(settings.provider_timeout_ms.get());
+        let (provider, retell) = match settings.provider {
+            ProviderKind::Generic => (
+                settings.provider_base_url.map(|base_url| ProviderSettings {
+                    base_url,
+                    api_key: settings.provider_api_key,
+                    timeout: provider_timeout,
+                }),
+                None,
+            ),
+            ProviderKind::Retell => {
+                let missing = |missing| ConfigError::ProviderSettingMissing {
+                    provider: "retell",
+                    missing,
+                };
+                let retell = crate::platforms::retell::RetellConfig {
+                    base_url: settings.retell_base_url,
+                    api_key: settings
+                        .retell_api_key
+                        .ok_or_else(|| missing("RETELL_API_KEY"))?,
+                    from_number: settings
+                        .retell_from_number
+                        .ok_or_else(|| missing("RETELL_FROM_NUMBER"))?,
+                    timeout: provider_timeout,
+                };
+                (None, Some(retell))
+            }
+            ProviderKind::Vapi => return Err(ConfigError::ProviderUnavailable("vapi")),
+        };
         let api_keys = match &settings.api_keys_file {
             None => settings.api_keys,
             Some(path) => {
@@ -750,6 +823,7 @@ impl Config {
                 Targets::PublicOnly
             },
             log_format: settings.log_format,
+            retell,
         })
     }
 }
@@ -1183,6 +1257,54 @@ mod tests {
         assert_eq!(provider.base_url.as_str(), "https://provider.test/v2/");
         assert_eq!(provider.api_key.unwrap().expose(), "sk-live-123");
         assert_eq!(provider.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn provider_retell_reads_the_retell_settings_and_needs_key_and_number() {
+        let config = parse(&[
+            "--provider",
+            "retell",
+            "--retell-api-key",
+            "key_retell_123",
+            "--retell-from-number",
+            "+1 415 555 0100",
+            "--provider-timeout-ms",
+            "2500",
+        ])
+        .unwrap();
+        assert!(config.provider.is_none());
+        let retell = config.retell.unwrap();
+        assert_eq!(retell.base_url.as_str(), "https://api.retellai.com/");
+        assert_eq!(retell.api_key.expose(), "key_retell_123");
+        assert_eq!(retell.from_number.as_str(), "+14155550100");
+        assert_eq!(retell.timeout, Duration::from_millis(2500));
+        assert!(!format!("{retell:?}").contains("key_retell_123"));
+        for (args, missing) in [
+            (
+                &[
+                    "--provider",
+                    "retell",
+                    "--retell-from-number",
+                    "+14155550100",
+                ][..],
+                "RETELL_API_KEY",
+            ),
+            (
+                &["--provider", "RETELL", "--retell-api-key", "k"][..],
+                "RETELL_FROM_NUMBER",
+            ),
+        ] {
+            match parse(args) {
+                Err(Refused::Config(error @ ConfigError::ProviderSettingMissing { .. })) => {
+                    assert!(error.to_string().contains(missing), "{error}");
+                }
+                other => panic!("{args:?}: expected ProviderSettingMissing, got {other:?}"),
+            }
+        }
+        let message = clap_error(&["--retell-from-number", "12"]);
+        assert!(message.contains("RETELL_FROM_NUMBER"), "{message}");
+        let generic = parse(&["--retell-api-key", "k"]).unwrap();
+        assert!(generic.retell.is_none());
     }
 
     #[test]

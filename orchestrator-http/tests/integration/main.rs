@@ -16,6 +16,7 @@ mod metrics_and_health;
 #[cfg(feature = "postgres")]
 mod migrate;
 mod openapi;
+mod retell;
 #[cfg(feature = "server")]
 mod serving;
 mod support;
