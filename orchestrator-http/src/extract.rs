@@ -70,6 +70,29 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
+/// An optional JSON body: `None` for an empty body (any or no
+/// `Content-Type`), otherwise read as [`JsonBody`] reads it.
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let json = is_json(request.headers());
+        let RawBody(bytes) = RawBody::from_request(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(None));
+        }
+        if !json {
+            return Err(ApiError::UnsupportedMediaType(
+                "send the body as JSON with Content-Type: application/json, or no body".to_owned(),
+            ));
+        }
+        parse_json(&bytes).map(|value| OptionalJsonBody(Some(value)))
+    }
+}
+
 /// Reads `bytes` as one JSON value of type `T`.
 ///
 /// # Errors
@@ -188,6 +211,22 @@ impl<T> Member<T> {
             other => other.optional(name, errors),
         }
     }
+
+    /// The value of a member that may be left out (`None`: keep the current
+    /// value) or `null` (`Some(None)`: clear it), as a PATCH reads an
+    /// optional field. A wrong value is recorded in `errors` under `name`.
+    #[allow(clippy::option_option)] // absent, null and a value are three requests
+    pub fn nullable(self, name: &str, errors: &mut Vec<FieldError>) -> Option<Option<T>> {
+        match self {
+            Member::Absent => None,
+            Member::Null => Some(None),
+            Member::Valid(value) => Some(Some(value)),
+            Member::Invalid(message) => {
+                errors.push(FieldError::new(name, message));
+                None
+            }
+        }
+    }
 }
 
 /// The members of a JSON object that its request type does not declare, by
@@ -214,16 +253,26 @@ impl UnknownMembers {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timestamp(pub DateTime<Utc>);
 
+impl Timestamp {
+    /// Parses `raw` (in a body or a query parameter).
+    ///
+    /// # Errors
+    /// What is expected, quoting `raw`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        DateTime::parse_from_rfc3339(raw)
+            .map(|at| Timestamp(truncate_to_micros(at.with_timezone(&Utc))))
+            .map_err(|_| {
+                format!(
+                    "{raw:?} is not an RFC 3339 timestamp with an offset, e.g. 2025-07-20T10:00:00Z"
+                )
+            })
+    }
+}
+
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
-        DateTime::parse_from_rfc3339(&raw)
-            .map(|at| Timestamp(truncate_to_micros(at.with_timezone(&Utc))))
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "{raw:?} is not an RFC 3339 timestamp with an offset, e.g. 2025-07-20T10:00:00Z"
-                ))
-            })
+        Timestamp::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 

@@ -17,6 +17,8 @@
 //! - [`metrics`]: the Prometheus exposition and the recorder for the engine's series.
 //! - [`signature`]: Standard Webhooks signing and verification.
 //! - [`provider`]: [`HttpProvider`], the engine's provider over HTTP.
+//! - [`callback`]: [`HttpCallbackSender`], which POSTs terminal events to
+//!   the calls' callback URLs, signed.
 //!
 //! Feature `server` (default): the `server` module, the configuration, wiring and
 //! binaries; feature `postgres` (default, implies `server`): the PostgreSQL
@@ -30,6 +32,7 @@
 //! strict about what it settles (status, types, timestamps, signature).
 
 pub mod auth;
+pub mod callback;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
@@ -44,6 +47,7 @@ pub mod state;
 mod telemetry;
 
 pub use auth::ApiKeys;
+pub use callback::HttpCallbackSender;
 pub use problem::{ApiError, FieldError, Problem};
 pub use provider::{HttpProvider, HttpProviderConfig};
 pub use router::{router, API_PREFIX};

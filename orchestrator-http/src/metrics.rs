@@ -16,7 +16,8 @@
 //!   ([`AppState::with_metrics`](crate::AppState::with_metrics)), the engine's
 //!   own series (`orchestrator_dials_total{outcome}`,
 //!   `orchestrator_retries_total`, `orchestrator_webhooks_total{outcome}`,
-//!   `orchestrator_dispatch_latency_seconds`, ...), which the engine records
+//!   `orchestrator_dispatch_latency_seconds`, `orchestrator_callbacks_total{outcome}`,
+//!   `orchestrator_callback_delivery_seconds`, ...), which the engine records
 //!   with the `metrics` crate into whatever recorder the process installed.
 //!
 //! Installing a recorder is process-wide, so the router never does it: the
@@ -36,6 +37,12 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// from "refilled at once" to "waited a minute for a slot".
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0,
+];
+
+/// Histogram buckets of `orchestrator_callback_delivery_seconds`, in
+/// seconds: from "delivered at once" to "delivered after an hour of retries".
+const CALLBACK_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
 /// The handle of the process-wide Prometheus recorder, for
@@ -61,6 +68,12 @@ fn install_recorder() -> Option<PrometheusHandle> {
             Matcher::Full("orchestrator_dispatch_latency_seconds".to_owned()),
             &LATENCY_BUCKETS,
         )
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full("orchestrator_callback_delivery_seconds".to_owned()),
+                &CALLBACK_BUCKETS,
+            )
+        })
         .and_then(PrometheusBuilder::install_recorder);
     match handle {
         Ok(handle) => {
@@ -101,6 +114,23 @@ fn describe_engine_metrics() {
         "orchestrator_dispatch_latency_seconds",
         Unit::Seconds,
         "Time from a call being due to being claimed."
+    );
+    describe_counter!(
+        "orchestrator_cancels_total",
+        "Cancel requests that changed a call, by outcome (canceled: was PENDING; requested: was IN_PROGRESS)."
+    );
+    describe_counter!(
+        "orchestrator_hang_ups_total",
+        "Hang-ups asked of the provider for canceled live calls, by outcome (hung_up, unsupported, failed)."
+    );
+    describe_counter!(
+        "orchestrator_callbacks_total",
+        "Tries of client callback deliveries, by outcome (delivered, retry, failed)."
+    );
+    describe_histogram!(
+        "orchestrator_callback_delivery_seconds",
+        Unit::Seconds,
+        "Time from a terminal event to its callback's delivery (2xx)."
     );
 }
 

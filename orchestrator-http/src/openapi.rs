@@ -11,7 +11,10 @@
 
 use axum::http::Method;
 use chrono::{DateTime, Utc};
-use orchestrator_core::{Call, CallId, CallPayload, CallStatus, Page, ReportedStatus};
+use orchestrator_core::{
+    Attempt, AttemptOutcome, Call, CallId, CallPayload, CallStatus, CallbackState, CallbackStatus,
+    Event, EventId, EventType, Page, ReportedStatus,
+};
 use serde::Deserialize;
 use utoipa::openapi::content::Content;
 use utoipa::openapi::header::HeaderBuilder;
@@ -40,6 +43,10 @@ use crate::routes::Access;
         list_calls,
         get_call,
         update_call,
+        cancel_call,
+        retry_call,
+        list_attempts,
+        events,
         call_status,
         metrics,
         health,
@@ -51,10 +58,19 @@ use crate::routes::Access;
         CallId,
         CallPayload,
         CallStatus,
+        CallbackStatus,
+        CallbackState,
         Page,
         StatusCounts,
         NewCallBody,
         CallPatchBody,
+        CancelBody,
+        Attempt,
+        AttemptOutcome,
+        AttemptList,
+        Event,
+        EventId,
+        EventType,
         WebhookBody,
         ReportedStatus,
         WebhookAnswer,
@@ -65,7 +81,8 @@ use crate::routes::Access;
     )),
     modifiers(&ApiKeySecurity),
     tags(
-        (name = "calls", description = "Calls to place: create, read, change, list."),
+        (name = "calls", description = "Calls to place: create, read, change, list, cancel, retry."),
+        (name = "events", description = "Every change of a call's status, live."),
         (name = "provider", description = "What the AI-call provider sends us."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
     ),
@@ -176,11 +193,17 @@ struct NewCallBody {
     /// Not dialled by this instant: the call becomes `EXPIRED`. Must be in
     /// the future and after `notBefore`.
     expires_at: Option<DateTime<Utc>>,
+    /// Where the call's terminal event is POSTed (an `http` or `https` URL
+    /// with a host and no credentials, at most 2048 bytes); the server's
+    /// `CALLBACK_URL` when absent.
+    #[schema(example = "https://crm.example.com/hooks/calls")]
+    callback_url: Option<String>,
 }
 
 /// The body of `PATCH /calls/{id}`: the members to replace; members left out
-/// keep their value, `metadata` is replaced whole, `null` is refused. `{}`
-/// changes nothing.
+/// keep their value, `metadata` is replaced whole. `null` clears `notBefore`
+/// or `expiresAt` and is refused for the others. The rules at creation apply
+/// to the result. `{}` changes nothing.
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(as = CallPatch)]
@@ -197,6 +220,34 @@ struct CallPatchBody {
     #[serde(default)]
     #[schema(value_type = Object)]
     metadata: serde_json::Map<String, serde_json::Value>,
+    /// Do not dial before this instant; `null`: as soon as possible.
+    #[serde(default)]
+    not_before: Option<DateTime<Utc>>,
+    /// Not dialled by this instant: `EXPIRED`; `null`: no deadline (unless
+    /// the server has a pending TTL, which is not re-applied).
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// The optional body of `POST /calls/{id}/cancel`. No body at all is the
+/// same as `{}`.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = CancelRequest)]
+#[allow(dead_code)] // Only its schema is used.
+struct CancelBody {
+    /// Why; the call's `lastError` once it ends `CANCELED` (default
+    /// `"canceled"`): 1 to 500 characters, not blank, no control characters.
+    #[schema(example = "the callee asked not to be called")]
+    reason: Option<String>,
+}
+
+/// The dials of a call.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Only its schema is used.
+struct AttemptList {
+    /// Every dial, in dial order; empty before the first.
+    items: Vec<Attempt>,
 }
 
 /// The provider's report of how a call ended. Unknown members are ignored.
@@ -253,6 +304,7 @@ struct StatusCounts {
     COMPLETED: u64,
     FAILED: u64,
     EXPIRED: u64,
+    CANCELED: u64,
 }
 
 /// A liveness or readiness answer.
@@ -274,9 +326,50 @@ struct ListQuery {
     /// Page number, from 1.
     #[param(minimum = 1, default = 1)]
     page: Option<u32>,
+    /// Only calls to this number, in any spelling `POST /calls` accepts
+    /// (compared canonical). Write `+` as `%2B` in a query string.
+    #[param(example = "+966501234567")]
+    to: Option<String>,
+    /// Only calls running this script.
+    #[param(rename = "scriptId")]
+    script_id: Option<String>,
+    /// Only calls created at or after this instant (RFC 3339).
+    #[param(rename = "createdFrom")]
+    created_from: Option<DateTime<Utc>>,
+    /// Only calls created before this instant (RFC 3339); after `createdFrom`.
+    #[param(rename = "createdTo")]
+    created_to: Option<DateTime<Utc>>,
     /// Calls per page, 1 to 100.
     #[param(rename = "pageSize", minimum = 1, maximum = 100, default = 20)]
     page_size: Option<u32>,
+}
+
+/// Where an event stream starts and what it carries.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Only its parameters are used.
+struct EventsQuery {
+    /// Start after this event id (`0`: the whole retained log), for clients
+    /// that cannot send `Last-Event-ID`, which wins when both are given.
+    #[param(minimum = 0)]
+    after: Option<u64>,
+    /// Only these event types, comma-separated, e.g.
+    /// `call.completed,call.failed`.
+    #[param(rename = "type", example = "call.completed,call.failed")]
+    types: Option<String>,
+    /// Only this call's events.
+    #[param(rename = "callId")]
+    call_id: Option<CallId>,
+}
+
+/// The header a reconnecting client sends.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only its parameters are used.
+struct EventsHeaders {
+    /// The id of the last event received: the stream resumes after it.
+    #[param(rename = "Last-Event-ID", required = false, minimum = 0)]
+    last_event_id: u64,
 }
 
 /// The headers of `POST /calls`.
@@ -414,6 +507,110 @@ fn get_call() {}
 )]
 #[allow(dead_code)]
 fn update_call() {}
+
+/// Cancels a call.
+///
+/// A `PENDING` call ends `CANCELED` at once (200). An `IN_PROGRESS` call is
+/// never dialled again and the provider is asked to hang up where it can
+/// (202); its webhook or lease then ends it `COMPLETED` if the provider
+/// reports it completed, otherwise `CANCELED`. A `CANCELED` call is answered
+/// as it is (200).
+#[utoipa::path(
+    post,
+    path = "/calls/{id}/cancel",
+    tag = "calls",
+    operation_id = "cancelCall",
+    params(("id" = CallId, Path, description = "The call's id.")),
+    request_body(content = Option<CancelBody>, content_type = "application/json",
+        description = "Optional; no body is the same as `{}`."),
+    responses(
+        (status = 200, description = "The call, `CANCELED` now or before.", body = Call),
+        (status = 202, description = "The call, still `IN_PROGRESS`, with `cancelRequestedAt` set.", body = Call),
+        (status = 400, description = "A malformed id, or a bad `reason`; `errors` names it.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No call has this id.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The call is `COMPLETED`, `FAILED` or `EXPIRED`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "The body is larger than 64 KiB.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "A body that is not JSON.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn cancel_call() {}
+
+/// Retries a finished call as a new one.
+///
+/// Creates a `PENDING` call with the payload and `callbackUrl` of a
+/// `FAILED`, `EXPIRED` or `CANCELED` call, and `retryOf` = its id. The
+/// original stays as it is.
+#[utoipa::path(
+    post,
+    path = "/calls/{id}/retry",
+    tag = "calls",
+    operation_id = "retryCall",
+    params(("id" = CallId, Path, description = "The call to retry."), CreateHeaders),
+    responses(
+        (status = 201, description = "The new call, created now or, for a repeated `Idempotency-Key`, before.",
+            body = Call,
+            headers(
+                ("Location" = String, description = "`/calls/{id}` of the new call."),
+                ("Idempotent-Replayed" = String, description = "`true` when the call was created by an earlier request with this key; absent otherwise."),
+            )),
+        (status = 400, description = "A malformed id or `Idempotency-Key`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No call has this id.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "The call is `PENDING`, `IN_PROGRESS` or `COMPLETED`.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "The `Idempotency-Key` was used for a different request.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn retry_call() {}
+
+/// Lists a call's dials.
+#[utoipa::path(
+    get,
+    path = "/calls/{id}/attempts",
+    tag = "calls",
+    operation_id = "listAttempts",
+    params(("id" = CallId, Path, description = "The call's id.")),
+    responses(
+        (status = 200, description = "Every dial, in dial order.", body = AttemptList),
+        (status = 400, description = "The id is not a UUID.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No call has this id.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn list_attempts() {}
+
+/// Streams events as Server-Sent Events.
+///
+/// Each event is `id: <event id>`, `event: <type>`, `data: <Event JSON>`.
+/// Resume with `Last-Event-ID` (or `?after=`): every later event still
+/// retained, in order, then live ones; with neither, events from now on. A
+/// comment line is sent at least every 15 s. The stream ends when the
+/// server shuts down or cannot read the log; reconnect with the last id.
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    operation_id = "streamEvents",
+    params(EventsQuery, EventsHeaders),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`; each `data:` is an `Event`.",
+            content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad `Last-Event-ID`, `after`, `type` or `callId`, or an unknown parameter; `errors` names it.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The request timed out before the stream began.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn events() {}
 
 /// The provider's webhook: how a call it placed ended.
 ///

@@ -60,6 +60,9 @@ pub mod types {
     pub const CALL_NOT_FOUND: &str = "/problems/call-not-found";
     /// The call's status does not allow the change (e.g. PATCH after dialling).
     pub const CALL_NOT_PENDING: &str = "/problems/call-not-pending";
+    /// The call's status does not allow the action (cancel a completed
+    /// call, retry a pending one).
+    pub const CALL_STATUS_CONFLICT: &str = "/problems/call-status-conflict";
     /// An `Idempotency-Key` was reused with a different request.
     pub const IDEMPOTENCY_KEY_REUSED: &str = "/problems/idempotency-key-reused";
     /// The operation requires an API key, and the request had none or a wrong one.
@@ -172,6 +175,10 @@ pub enum ApiError {
     /// The call is not `PENDING` any more (409).
     #[error("{0}")]
     CallNotPending(String),
+    /// The call's status does not allow the action, e.g. canceling a
+    /// `COMPLETED` call or retrying a `PENDING` one (409).
+    #[error("{0}")]
+    CallStatusConflict(String),
     /// An `Idempotency-Key` was reused with a different payload (422).
     #[error("{0}")]
     IdempotencyKeyReused(String),
@@ -249,6 +256,11 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 CALL_NOT_PENDING,
                 "Call is not pending",
+            ),
+            ApiError::CallStatusConflict(_) => (
+                StatusCode::CONFLICT,
+                CALL_STATUS_CONFLICT,
+                "Call status does not allow this",
             ),
             ApiError::IdempotencyKeyReused(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -407,10 +419,20 @@ impl From<EngineError> for ApiError {
         match error {
             EngineError::Invalid(invalid) => ApiError::Invalid(vec![invalid.into()]),
             EngineError::NotFound(message) => ApiError::CallNotFound(message),
-            EngineError::Conflict { id, source } => ApiError::CallNotPending(format!(
-                "call {id} is {}; only a PENDING call can be changed",
-                source.from
-            )),
+            EngineError::Conflict { id, source } => match source.event {
+                "cancel" => ApiError::CallStatusConflict(format!(
+                    "call {id} is {}; only a PENDING or IN_PROGRESS call can be canceled",
+                    source.from
+                )),
+                "retry" => ApiError::CallStatusConflict(format!(
+                    "call {id} is {}; only a FAILED, EXPIRED or CANCELED call can be retried",
+                    source.from
+                )),
+                _ => ApiError::CallNotPending(format!(
+                    "call {id} is {}; only a PENDING call can be changed",
+                    source.from
+                )),
+            },
             EngineError::Store(StoreError::Unavailable(source)) => {
                 ApiError::StoreUnavailable(StoreError::Unavailable(source))
             }

@@ -21,6 +21,19 @@
 //! | 5xx, 1xx, 3xx (redirects are not followed) | retryable, `"provider 503"` |
 //! | timeout | retryable, `"provider timeout"` |
 //! | connection or other transport error | retryable, `"provider unreachable"` / `"provider request failed"` |
+//!
+//! Hang-up, an optional extension of the contract, for a canceled call
+//! that is live:
+//!
+//! ```text
+//! POST {base}/api/v1/calls/{provider's callId}/hangup
+//! Authorization: Bearer {api key}            (when configured)
+//! → 2xx: the call is being ended; 404: no such live call (it ended already)
+//! ```
+//!
+//! Either way the call still ends through its webhook (or its lease). Any
+//! other answer, a timeout or a network error is a failed hang-up, which
+//! the engine logs; the call is never re-dialled regardless.
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
@@ -30,7 +43,7 @@ use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
 use axum::http::HeaderValue;
 use orchestrator_core::provider::webhook_query;
 use orchestrator_core::validate::validate_provider_call_id;
-use orchestrator_core::{DialError, DialRequest, Dialled, Provider};
+use orchestrator_core::{AttemptRef, DialError, DialRequest, Dialled, HangUpError, Provider};
 use reqwest::{StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -161,6 +174,21 @@ impl HttpProvider {
     #[must_use]
     pub fn calls_url(&self) -> &Url {
         &self.calls_url
+    }
+
+    /// `{base}/api/v1/calls/{provider_call_id}/hangup`, the id
+    /// percent-encoded as one path segment.
+    #[must_use]
+    pub fn hang_up_url(&self, provider_call_id: &str) -> Url {
+        let mut url = self.calls_url.clone();
+        // The calls URL is an http(s) URL (checked in `new`), so it is a base.
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments
+                .pop_if_empty()
+                .push(provider_call_id)
+                .push("hangup");
+        }
+        url
     }
 
     async fn send(&self, request: &DialRequest) -> Result<reqwest::Response, DialError> {
@@ -306,6 +334,31 @@ impl Provider for HttpProvider {
             }),
         }
     }
+
+    async fn hang_up(
+        &self,
+        provider_call_id: &str,
+        _attempt: AttemptRef,
+    ) -> Result<(), HangUpError> {
+        let url = self.hang_up_url(provider_call_id);
+        let mut builder = self.client.post(url);
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(AUTHORIZATION, authorization.clone());
+        }
+        let response = builder.send().await.map_err(|error| HangUpError::Failed {
+            reason: transport_error(&error).to_string(),
+        })?;
+        let status = response.status();
+        // Read the (short) answer so the connection can be reused.
+        let _ = read_capped(response).await;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(HangUpError::Failed {
+                reason: format!("provider {}", status.as_u16()),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +412,25 @@ mod tests {
             "https://provider.test/api/v1/calls"
         );
         assert!(join(&Url::parse("ftp://provider.test").unwrap(), "x").is_none());
+    }
+
+    #[test]
+    fn hang_up_urls_name_the_provider_call_as_one_segment() {
+        let provider = HttpProvider::new(&HttpProviderConfig {
+            base_url: Url::parse("http://provider.test/v2/").unwrap(),
+            api_key: None,
+            timeout: Duration::from_secs(1),
+            public_base_url: Url::parse("http://127.0.0.1:8080").unwrap(),
+        })
+        .unwrap();
+        assert_eq!(
+            provider.hang_up_url("mock-7").as_str(),
+            "http://provider.test/v2/api/v1/calls/mock-7/hangup"
+        );
+        assert_eq!(
+            provider.hang_up_url("a/b?c").as_str(),
+            "http://provider.test/v2/api/v1/calls/a%2Fb%3Fc/hangup"
+        );
     }
 
     #[test]

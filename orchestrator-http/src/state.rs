@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use orchestrator_core::store::StoreError;
 use orchestrator_core::{Engine, EngineError};
+use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
 use crate::signature::WebhookSecret;
@@ -17,8 +18,12 @@ use crate::signature::WebhookSecret;
 pub struct Limits {
     /// Largest request body, in bytes (default 64 KiB); larger bodies get 413.
     pub body_bytes: usize,
-    /// Longest time to answer one request (default 10 s); slower requests get 503.
+    /// Longest time to answer one request (default 10 s); slower requests
+    /// get 503. A stream (`GET /events`) counts until its headers are sent.
     pub request_timeout: Duration,
+    /// Longest an event stream stays silent: a comment line is sent when
+    /// nothing else was for this long (default 15 s).
+    pub event_keep_alive: Duration,
 }
 
 impl Default for Limits {
@@ -26,6 +31,7 @@ impl Default for Limits {
         Self {
             body_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(10),
+            event_keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -52,6 +58,8 @@ pub struct AppState {
     metrics: Option<PrometheusHandle>,
     limits: Limits,
     store_health: Arc<Mutex<StoreHealth>>,
+    /// Set once the server shuts down: event streams end.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -77,6 +85,7 @@ impl AppState {
             metrics: None,
             limits: Limits::default(),
             store_health: Arc::default(),
+            closing: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -142,6 +151,20 @@ impl AppState {
     #[must_use]
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Ends every event stream (`GET /events`) of this state and its
+    /// clones, now and from now on, so that a graceful shutdown does not
+    /// wait for clients that never hang up. Clients reconnect (elsewhere)
+    /// and resume by id. The `server` feature's `serve` calls it when its
+    /// shutdown begins.
+    pub fn close_event_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Follows [`close_event_streams`](Self::close_event_streams).
+    pub(crate) fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Notes whether the store could be reached, as a readiness check, a

@@ -13,10 +13,10 @@ use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use orchestrator_core::store::ListQuery;
+use orchestrator_core::store::{Created, ListFilter, ListQuery};
 use orchestrator_core::{
-    Call, CallPayload, CallStatus, IdempotencyKey, Metadata, NewCall, PayloadPatch, PhoneNumber,
-    ScriptId,
+    Call, CallPatch, CallPayload, CallStatus, CallbackUrl, IdempotencyKey, Metadata, NewCall,
+    PhoneNumber, ScriptId,
 };
 use serde::Deserialize;
 
@@ -30,9 +30,18 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The response header set on a `POST /calls` that returned an existing call.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
-const LIST_PARAMETERS: [&str; 3] = ["status", "page", "pageSize"];
+const LIST_PARAMETERS: [&str; 7] = [
+    "status",
+    "to",
+    "scriptId",
+    "createdFrom",
+    "createdTo",
+    "page",
+    "pageSize",
+];
 
-/// The body of `POST /calls`: `{to, scriptId, metadata?, notBefore?, expiresAt?}`.
+/// The body of `POST /calls`: `{to, scriptId, metadata?, notBefore?,
+/// expiresAt?, callbackUrl?}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase", expecting = "a JSON object")]
 pub struct CreateCallRequest {
@@ -46,13 +55,22 @@ pub struct CreateCallRequest {
     not_before: Member<Timestamp>,
     /// Not dialled by this instant → `EXPIRED` (RFC 3339).
     expires_at: Member<Timestamp>,
+    /// Where the call's terminal event is POSTed (http or https).
+    callback_url: Member<CallbackUrl>,
     #[serde(flatten)]
     unknown: UnknownMembers,
 }
 
 impl CreateCallRequest {
     /// The members, by wire name.
-    pub const FIELDS: [&'static str; 5] = ["to", "scriptId", "metadata", "notBefore", "expiresAt"];
+    pub const FIELDS: [&'static str; 6] = [
+        "to",
+        "scriptId",
+        "metadata",
+        "notBefore",
+        "expiresAt",
+        "callbackUrl",
+    ];
 }
 
 impl TryFrom<CreateCallRequest> for NewCall {
@@ -69,6 +87,9 @@ impl TryFrom<CreateCallRequest> for NewCall {
         let metadata = request.metadata.optional("metadata", &mut errors);
         let not_before = request.not_before.optional("notBefore", &mut errors);
         let expires_at = request.expires_at.optional("expiresAt", &mut errors);
+        let callback_url = request
+            .callback_url
+            .optional(CallbackUrl::FIELD, &mut errors);
         match (to, script_id) {
             (Some(to), Some(script_id)) if errors.is_empty() => Ok(NewCall {
                 payload: CallPayload {
@@ -79,14 +100,17 @@ impl TryFrom<CreateCallRequest> for NewCall {
                 not_before: not_before.map(|at| at.0),
                 expires_at: expires_at.map(|at| at.0),
                 idempotency_key: None,
+                callback_url,
+                retry_of: None,
             }),
             _ => Err(errors),
         }
     }
 }
 
-/// The body of `PATCH /calls/{id}`: `{to?, scriptId?, metadata?}`; members
-/// left out keep their value.
+/// The body of `PATCH /calls/{id}`: `{to?, scriptId?, metadata?,
+/// notBefore?, expiresAt?}`; members left out keep their value, and
+/// `notBefore` or `expiresAt` set to `null` clear it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase", expecting = "a JSON object")]
 pub struct UpdateCallRequest {
@@ -96,16 +120,20 @@ pub struct UpdateCallRequest {
     script_id: Member<ScriptId>,
     /// The new metadata, replacing the old whole.
     metadata: Member<Metadata>,
+    /// The new `notBefore`, or `null`: dial as soon as possible.
+    not_before: Member<Timestamp>,
+    /// The new `expiresAt`, or `null`: no deadline.
+    expires_at: Member<Timestamp>,
     #[serde(flatten)]
     unknown: UnknownMembers,
 }
 
 impl UpdateCallRequest {
     /// The members, by wire name.
-    pub const FIELDS: [&'static str; 3] = ["to", "scriptId", "metadata"];
+    pub const FIELDS: [&'static str; 5] = ["to", "scriptId", "metadata", "notBefore", "expiresAt"];
 }
 
-impl TryFrom<UpdateCallRequest> for PayloadPatch {
+impl TryFrom<UpdateCallRequest> for CallPatch {
     type Error = Vec<FieldError>;
 
     fn try_from(request: UpdateCallRequest) -> Result<Self, Self::Error> {
@@ -113,10 +141,18 @@ impl TryFrom<UpdateCallRequest> for PayloadPatch {
         request
             .unknown
             .report(&UpdateCallRequest::FIELDS, &mut errors);
-        let patch = PayloadPatch {
+        let patch = CallPatch {
             to: request.to.optional_not_null("to", &mut errors),
             script_id: request.script_id.optional_not_null("scriptId", &mut errors),
             metadata: request.metadata.optional_not_null("metadata", &mut errors),
+            not_before: request
+                .not_before
+                .nullable("notBefore", &mut errors)
+                .map(|at| at.map(|at| at.0)),
+            expires_at: request
+                .expires_at
+                .nullable("expiresAt", &mut errors)
+                .map(|at| at.map(|at| at.0)),
         };
         if errors.is_empty() {
             Ok(patch)
@@ -151,15 +187,22 @@ pub async fn create(
         }
     };
     let created = state.engine().create_call(new.clone()).await?;
-    let call = created.call;
+    let call = &created.call;
     record_call_id(call.id);
-    if !created.created && !same_request(&call, &new) {
+    if !created.created && !same_request(call, &new) {
         return Err(ApiError::IdempotencyKeyReused(format!(
             "this Idempotency-Key was first used for call {} with a different payload; use a new key for a new call",
             call.id
         )));
     }
-    let mut response = (StatusCode::CREATED, Json(&call)).into_response();
+    Ok(created_response(&created))
+}
+
+/// 201 with the call, `Location: /calls/{id}`, and `Idempotent-Replayed:
+/// true` when the call was created by an earlier request with the same key.
+pub(crate) fn created_response(created: &Created) -> Response {
+    let call = &created.call;
+    let mut response = (StatusCode::CREATED, Json(call)).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&format!("/calls/{}", call.id)) {
         headers.insert(LOCATION, location);
@@ -167,11 +210,11 @@ pub async fn create(
     if !created.created {
         headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 /// The optional `Idempotency-Key` header.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, FieldError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, FieldError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -183,13 +226,20 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, FieldE
 }
 
 /// Whether an idempotent repeat asked for what the first request did. Only
-/// what the client sent is compared: a pending TTL may have filled in `expiresAt`.
+/// what the client sent is compared: a pending TTL may have filled in
+/// `expiresAt`, and `CALLBACK_URL` the `callbackUrl`. A key first used to
+/// retry a call is a different request.
 fn same_request(first: &Call, repeat: &NewCall) -> bool {
-    first.payload == repeat.payload
+    first.retry_of.is_none()
+        && first.payload == repeat.payload
         && first.not_before == repeat.not_before
         && repeat
             .expires_at
             .is_none_or(|expires_at| first.expires_at == Some(expires_at))
+        && repeat
+            .callback_url
+            .as_ref()
+            .is_none_or(|url| first.callback_url.as_ref() == Some(url))
 }
 
 /// `GET /calls/{id}`: one call.
@@ -204,9 +254,12 @@ pub async fn get(
     Ok(Json(state.engine().get_call(id).await?))
 }
 
-/// `PATCH /calls/{id}`: replaces `to`, `scriptId` and/or `metadata` of a
-/// `PENDING` call (members left out keep their value; `metadata` is replaced
-/// whole). `{}` changes nothing and answers the call.
+/// `PATCH /calls/{id}`: replaces `to`, `scriptId`, `metadata`, `notBefore`
+/// and/or `expiresAt` of a `PENDING` call (members left out keep their
+/// value; `metadata` is replaced whole; `notBefore` and `expiresAt` may be
+/// `null` to clear them). The rules at creation apply to the result (e.g.
+/// `expiresAt` in the future and after `notBefore`). `{}` changes nothing
+/// and answers the call.
 ///
 /// # Errors
 /// 400 naming the fields at fault; 404; 409 when the call is not `PENDING`; 415; 503.
@@ -216,16 +269,20 @@ pub async fn update(
     JsonBody(request): JsonBody<UpdateCallRequest>,
 ) -> Result<Json<Call>, ApiError> {
     record_call_id(id);
-    let patch = PayloadPatch::try_from(request).map_err(ApiError::Invalid)?;
+    let patch = CallPatch::try_from(request).map_err(ApiError::Invalid)?;
     Ok(Json(state.engine().update_call(id, &patch).await?))
 }
 
-/// `GET /calls?status=S&page=P&pageSize=N`: calls newest first, optionally
-/// filtered by status; `page` from 1 (default 1), `pageSize` 1 to 100 (default 20).
+/// `GET /calls?status=S&to=N&scriptId=X&createdFrom=T&createdTo=T&page=P&pageSize=N`:
+/// calls newest first, optionally filtered by status, number (any accepted
+/// spelling, compared canonical), script and creation time (`createdFrom`
+/// inclusive, `createdTo` exclusive, RFC 3339); `page` from 1 (default 1),
+/// `pageSize` 1 to 100 (default 20).
 ///
 /// # Errors
-/// 400 naming the parameter at fault (unknown status, page 0, pageSize out
-/// of range, unknown parameter); 503.
+/// 400 naming the parameter at fault (unknown status, a number no plan
+/// allows, a bad timestamp, `createdTo` not after `createdFrom`, page 0,
+/// pageSize out of range, unknown parameter); 503.
 pub async fn list(
     State(state): State<AppState>,
     query: QueryPairs,
@@ -247,29 +304,27 @@ fn list_query(query: &QueryPairs) -> Result<ListQuery, ApiError> {
             ));
         }
     }
-    let status = query
-        .get("status")
-        .and_then(|raw| match raw.parse::<CallStatus>() {
-            Ok(status) => Some(status),
-            Err(error) => {
-                errors.push(FieldError::new("status", error.to_string()));
-                None
-            }
-        });
-    let mut whole_number = |name: &str| {
-        let raw = query.get(name)?;
-        let parsed = raw.parse::<u32>().ok();
-        if parsed.is_none() {
-            errors.push(FieldError::new(
-                name,
-                format!("must be a whole number, not {raw:?}"),
-            ));
-        }
-        parsed
+    // Each parameter is parsed by its core type, whose message names the rule.
+    let filter = ListFilter {
+        status: parameter(query, "status", &mut errors, |raw| {
+            raw.parse::<CallStatus>().map_err(|e| e.to_string())
+        }),
+        to: parameter(query, "to", &mut errors, |raw| {
+            PhoneNumber::parse(raw).map_err(|e| e.to_string())
+        }),
+        script_id: parameter(query, "scriptId", &mut errors, |raw| {
+            ScriptId::parse(raw).map_err(|e| e.message)
+        }),
+        created_from: parameter(query, "createdFrom", &mut errors, |raw| {
+            Timestamp::parse(raw).map(|at| at.0)
+        }),
+        created_to: parameter(query, "createdTo", &mut errors, |raw| {
+            Timestamp::parse(raw).map(|at| at.0)
+        }),
     };
-    let page = whole_number("page");
-    let page_size = whole_number("pageSize");
-    match ListQuery::new(status, page, page_size) {
+    let page = parameter(query, "page", &mut errors, whole_number);
+    let page_size = parameter(query, "pageSize", &mut errors, whole_number);
+    match ListQuery::new(filter, page, page_size) {
         Ok(list) if errors.is_empty() => Ok(list),
         Ok(_) => Err(ApiError::Invalid(errors)),
         Err(invalid) => {
@@ -277,6 +332,25 @@ fn list_query(query: &QueryPairs) -> Result<ListQuery, ApiError> {
             Err(ApiError::Invalid(errors))
         }
     }
+}
+
+/// Query parameter `name` read by `read`, if given; a wrong value is
+/// recorded in `errors` under `name`.
+fn parameter<T>(
+    query: &QueryPairs,
+    name: &str,
+    errors: &mut Vec<FieldError>,
+    read: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    let raw = query.get(name)?;
+    read(raw)
+        .map_err(|message| errors.push(FieldError::new(name, message)))
+        .ok()
+}
+
+fn whole_number(raw: &str) -> Result<u32, String> {
+    raw.parse::<u32>()
+        .map_err(|_| format!("must be a whole number, not {raw:?}"))
 }
 
 #[cfg(test)]
@@ -316,13 +390,13 @@ mod tests {
     #[test]
     fn update_fields_are_the_ones_read() {
         declared_fields_are_known(&UpdateCallRequest::FIELDS, |request: UpdateCallRequest| {
-            PayloadPatch::try_from(request).expect_err("all wrong")
+            CallPatch::try_from(request).expect_err("all wrong")
         });
     }
 
     #[test]
     fn an_empty_patch_changes_nothing() {
         let request: UpdateCallRequest = serde_json::from_str("{}").expect("an object");
-        assert_eq!(PayloadPatch::try_from(request), Ok(PayloadPatch::default()));
+        assert_eq!(CallPatch::try_from(request), Ok(CallPatch::default()));
     }
 }

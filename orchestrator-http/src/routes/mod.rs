@@ -15,6 +15,8 @@ use axum::routing::{get, patch, post, MethodRouter};
 use crate::state::AppState;
 
 pub mod calls;
+pub mod control;
+pub mod events;
 pub mod ops;
 pub mod webhook;
 
@@ -109,6 +111,25 @@ pub fn operations() -> Vec<Operation> {
         Operation::new(Verb::Get, "/calls", Access::ApiKey, calls::list),
         Operation::new(Verb::Get, "/calls/{id}", Access::ApiKey, calls::get),
         Operation::new(Verb::Patch, "/calls/{id}", Access::ApiKey, calls::update),
+        Operation::new(
+            Verb::Post,
+            "/calls/{id}/cancel",
+            Access::ApiKey,
+            control::cancel,
+        ),
+        Operation::new(
+            Verb::Post,
+            "/calls/{id}/retry",
+            Access::ApiKey,
+            control::retry,
+        ),
+        Operation::new(
+            Verb::Get,
+            "/calls/{id}/attempts",
+            Access::ApiKey,
+            control::attempts,
+        ),
+        Operation::new(Verb::Get, "/events", Access::ApiKey, events::events),
         Operation::new(
             Verb::Post,
             "/callbacks/call-status",

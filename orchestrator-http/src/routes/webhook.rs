@@ -68,6 +68,7 @@ impl TryFrom<CallStatusWebhook> for StatusReport {
                 status,
                 duration_sec,
                 completed_at: completed_at.map(|at| at.0),
+                reason: None,
             }),
             _ => Err(errors),
         }

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::callback::HttpCallbackSender;
 use crate::provider::{HttpProvider, HttpProviderConfig, HttpProviderError};
 use crate::router::router;
 use crate::server::config::{Config, DatabaseUrl, MigrateArgs};
@@ -72,6 +73,9 @@ pub enum AppError {
     /// The HTTP provider could not be configured.
     #[error(transparent)]
     Provider(#[from] HttpProviderError),
+    /// The HTTP client of client callbacks could not be built.
+    #[error("the callback HTTP client could not be built")]
+    Callbacks(#[source] reqwest::Error),
     /// The engine refused its configuration.
     #[error(transparent)]
     Engine(#[from] orchestrator_core::config::ConfigError),
@@ -94,6 +98,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let housekeeping = tokio::spawn(housekeeping(state.clone()));
+    let streams = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Event streams never end by themselves; the drain would wait for them.
+        streams.close_event_streams();
+    };
     connections::serve(listener, router(state), options, shutdown).await;
     housekeeping.abort();
 }
@@ -315,8 +325,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             )
         }
     };
+    let callbacks =
+        HttpCallbackSender::new(config.callback_timeout, config.callback_secret.clone())
+            .map_err(AppError::Callbacks)?;
     let orchestrator = Engine::builder(store, provider)
         .config(config.engine.clone())
+        .callbacks(Arc::new(callbacks))
         .build()?;
     warn_about_exposure(&config, local_addr, &public_base_url);
     tracing::info!(
@@ -328,6 +342,8 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         redial = ?config.engine.redial,
         public_base_url = %public_base_url,
         signed_webhooks = config.webhook_secret.is_some(),
+        signed_callbacks = config.callback_secret.is_some(),
+        default_callback_url = config.engine.default_callback_url.as_ref().map(|url| url.as_str()),
         api_keys = config.api_keys.as_ref().map_or(0, crate::ApiKeys::len),
         max_connections = config.serve.max_connections,
         header_read_timeout = ?config.serve.header_read_timeout,
@@ -385,6 +401,9 @@ enum Exposure {
     UnsignedWebhooks,
     /// A remote provider told to call back a loopback address it cannot reach.
     UnreachableWebhooks,
+    /// No callback secret: client callbacks are sent unsigned, so their
+    /// receivers cannot tell them from forgeries.
+    UnsignedCallbacks,
 }
 
 /// What `config` exposes, with `public_base_url` as the provider is given it.
@@ -400,6 +419,9 @@ fn exposures(config: &Config, public_base_url: &Url) -> Vec<Exposure> {
         if !is_loopback(&provider.base_url) && is_loopback(public_base_url) {
             found.push(Exposure::UnreachableWebhooks);
         }
+    }
+    if config.callback_secret.is_none() {
+        found.push(Exposure::UnsignedCallbacks);
     }
     found
 }
@@ -423,6 +445,10 @@ fn warn_about_exposure(config: &Config, local_addr: SocketAddr, public_base_url:
                 "the provider is remote but PUBLIC_BASE_URL is a loopback address: its webhooks \
                  can never reach this server, so every call will end by its lease running out. \
                  Set PUBLIC_BASE_URL to the URL the provider can reach"
+            ),
+            Exposure::UnsignedCallbacks => tracing::warn!(
+                "CALLBACK_SECRET is not set: client callbacks are sent UNSIGNED, and receivers \
+                 cannot tell them from forgeries. Set CALLBACK_SECRET (whsec_<base64>)"
             ),
         }
     }
@@ -482,6 +508,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
             }),
             webhook_secret: Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".parse().unwrap()),
+            callback_secret: Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".parse().unwrap()),
             api_keys: Some("0123456789abcdef".parse().unwrap()),
             ..Config::default()
         }
@@ -507,7 +534,7 @@ mod tests {
         let loopback = Url::parse("http://127.0.0.1:8080/").unwrap();
         assert_eq!(
             exposures(&Config::default(), &loopback),
-            [Exposure::NoApiKeys]
+            [Exposure::NoApiKeys, Exposure::UnsignedCallbacks]
         );
         let unsigned = Config {
             webhook_secret: None,

@@ -27,6 +27,10 @@
 //! | `PROVIDER_TIMEOUT_MS` | `--provider-timeout-ms` | `10000` | bound on one dial request, milliseconds, at least 1 |
 //! | `PUBLIC_BASE_URL` | `--public-base-url` | `http://127.0.0.1:{port}` | our URL as the provider reaches it, for `webhookUrl` |
 //! | `WEBHOOK_SECRET` | `--webhook-secret` | none: unsigned webhooks accepted | Standard Webhooks secret `whsec_<base64>` |
+//! | `CALLBACK_URL` | `--callback-url` | none: only calls with a `callbackUrl` get callbacks | the `callbackUrl` of calls created without one, `http://` or `https://` |
+//! | `CALLBACK_SECRET` | `--callback-secret` | none: callbacks are sent unsigned | Standard Webhooks secret `whsec_<base64>` that signs client callbacks |
+//! | `CALLBACK_TIMEOUT_MS` | `--callback-timeout-ms` | `5000` | bound on one callback try, milliseconds, at least 1 |
+//! | `CALLBACK_MAX_ATTEMPTS` | `--callback-max-attempts` | `10` | tries of one callback before it is `FAILED`, at least 1 (back-off from 5 s doubling up to 1 h, with jitter) |
 //! | `LOG_FORMAT` | `--log-format` | `text` | `text` or `json` |
 //! | `RUST_LOG` | | `info` | log filter (tracing-subscriber `EnvFilter`) |
 //!
@@ -37,7 +41,7 @@
 //! An environment variable set to the empty string counts as unset (see
 //! [`parse_args`]), as `VAR=` in a compose file usually means "no value".
 //! Secrets (`DATABASE_URL`'s password, `API_KEYS`, `PROVIDER_API_KEY`,
-//! `WEBHOOK_SECRET`) are held in [`secrecy`] wrappers: no `Debug` output,
+//! `WEBHOOK_SECRET`, `CALLBACK_SECRET`) are held in [`secrecy`] wrappers: no `Debug` output,
 //! log line or configuration error shows them.
 //!
 //! Without API keys the server still starts, for development: it says so
@@ -60,7 +64,7 @@ use clap::builder::{NonEmptyStringValueParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orchestrator_core::retry::RetryPolicyError;
-use orchestrator_core::{EngineConfig, RedialPolicy, RetryPolicy};
+use orchestrator_core::{CallbackUrl, EngineConfig, RedialPolicy, RetryPolicy};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -214,6 +218,24 @@ pub struct Settings {
     /// Standard Webhooks secret (`whsec_<base64>`); webhooks must then be signed.
     #[arg(long, env = "WEBHOOK_SECRET", global = true, hide_env_values = true, value_parser = secret::<WebhookSecret>())]
     pub webhook_secret: Option<WebhookSecret>,
+    /// The `callbackUrl` of calls created without one.
+    #[arg(long, env = "CALLBACK_URL", value_parser = callback_url, global = true)]
+    pub callback_url: Option<CallbackUrl>,
+    /// Standard Webhooks secret (`whsec_<base64>`) signing client callbacks; unsigned without it.
+    #[arg(long, env = "CALLBACK_SECRET", global = true, hide_env_values = true, value_parser = secret::<WebhookSecret>())]
+    pub callback_secret: Option<WebhookSecret>,
+    /// Bound on one callback try, milliseconds.
+    #[arg(
+        long,
+        env = "CALLBACK_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = at_least_one::<NonZeroU64>,
+        global = true
+    )]
+    pub callback_timeout_ms: NonZeroU64,
+    /// Tries of one callback delivery before it is failed.
+    #[arg(long, env = "CALLBACK_MAX_ATTEMPTS", default_value = "10", value_parser = at_least_one::<NonZeroU32>, global = true)]
+    pub callback_max_attempts: NonZeroU32,
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -412,6 +434,12 @@ pub fn http_url(raw: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// `CALLBACK_URL`: a [`CallbackUrl`] (absolute `http://` or `https://`,
+/// with a host and no credentials).
+fn callback_url(raw: &str) -> Result<CallbackUrl, String> {
+    CallbackUrl::parse(raw.trim()).map_err(|invalid| invalid.message)
+}
+
 /// `DATABASE_URL`: a `postgres://` or `postgresql://` URL. The password is
 /// kept apart, as a secret: `Debug` and `Display` show the URL without it.
 #[derive(Clone, Debug)]
@@ -549,6 +577,10 @@ pub struct Config {
     pub public_base_url: Option<Url>,
     /// `WEBHOOK_SECRET`.
     pub webhook_secret: Option<WebhookSecret>,
+    /// `CALLBACK_SECRET`; `None`: callbacks are sent unsigned.
+    pub callback_secret: Option<WebhookSecret>,
+    /// `CALLBACK_TIMEOUT_MS`.
+    pub callback_timeout: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
 }
@@ -570,6 +602,8 @@ impl Default for Config {
             provider: None,
             public_base_url: None,
             webhook_secret: None,
+            callback_secret: None,
+            callback_timeout: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }
     }
@@ -599,6 +633,18 @@ impl Config {
             }
             other => ConfigError::Retry(other),
         })?;
+        let defaults = EngineConfig::default();
+        let callback_retry = RetryPolicy::new(
+            defaults.callback_retry.base(),
+            defaults.callback_retry.max_delay(),
+            settings.callback_max_attempts.get(),
+            defaults.callback_retry.jitter(),
+        )
+        .map_err(ConfigError::Retry)?;
+        let callback_timeout = Duration::from_millis(settings.callback_timeout_ms.get());
+        // A try's lease outlasts its timeout, so that a live try is never
+        // taken over and sent twice at once.
+        let callback_lease = defaults.callback_lease.max(callback_timeout * 2);
         let engine = EngineConfig::default()
             .with_max_concurrent_calls(settings.max_concurrent_calls.get())
             .with_retry(retry)
@@ -611,7 +657,10 @@ impl Config {
                 RedialPolicy::default()
                     .with_busy(settings.redial_on.contains(&Redial::Busy))
                     .with_no_answer(settings.redial_on.contains(&Redial::NoAnswer)),
-            );
+            )
+            .with_default_callback_url(settings.callback_url)
+            .with_callback_retry(callback_retry)
+            .with_callback_lease(callback_lease);
         let provider = settings.provider_base_url.map(|base_url| ProviderSettings {
             base_url,
             api_key: settings.provider_api_key,
@@ -663,6 +712,8 @@ impl Config {
             provider,
             public_base_url: settings.public_base_url,
             webhook_secret: settings.webhook_secret,
+            callback_secret: settings.callback_secret,
+            callback_timeout,
             log_format: settings.log_format,
         })
     }
@@ -989,6 +1040,11 @@ mod tests {
             (&["--database-url", "mysql://x"], "DATABASE_URL"),
             (&["--redial-on", "BUSY,RINGING"], "REDIAL_ON"),
             (&["--retention-seconds", "0"], "RETENTION_SECONDS"),
+            (&["--callback-url", "ftp://x"], "CALLBACK_URL"),
+            (&["--callback-url", "https://user:pw@x"], "CALLBACK_URL"),
+            (&["--callback-secret", "hunter2"], "CALLBACK_SECRET"),
+            (&["--callback-timeout-ms", "0"], "CALLBACK_TIMEOUT_MS"),
+            (&["--callback-max-attempts", "0"], "CALLBACK_MAX_ATTEMPTS"),
         ];
         for &(args, variable) in cases {
             let message = clap_error(args);
@@ -1026,6 +1082,38 @@ mod tests {
             assert!(message.contains(flag), "{message}");
             assert!(!message.contains(value), "{message}");
         }
+    }
+
+    #[test]
+    fn callback_settings_are_read() {
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.engine.default_callback_url, None);
+        assert!(defaults.callback_secret.is_none());
+        assert_eq!(defaults.callback_timeout, Duration::from_secs(5));
+        assert_eq!(defaults.engine.callback_retry.max_attempts(), 10);
+        let config = parse(&[
+            "--callback-url",
+            "https://crm.example.com/hooks/calls",
+            "--callback-secret",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "--callback-timeout-ms",
+            "45000",
+            "--callback-max-attempts",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            config
+                .engine
+                .default_callback_url
+                .as_ref()
+                .map(CallbackUrl::as_str),
+            Some("https://crm.example.com/hooks/calls")
+        );
+        assert!(config.callback_secret.is_some());
+        assert_eq!(config.callback_timeout, Duration::from_secs(45));
+        assert_eq!(config.engine.callback_retry.max_attempts(), 3);
+        assert_eq!(config.engine.callback_lease, Duration::from_secs(90));
     }
 
     #[test]
@@ -1074,6 +1162,8 @@ mod tests {
             "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
             "--api-keys",
             "api-key-0123456789",
+            "--callback-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
         ])
         .unwrap();
         let shown = format!("{config:?}");
@@ -1082,6 +1172,7 @@ mod tests {
             "sk-live-123",
             "C2FVsBQIhrscChlQIMV",
             "api-key-0123456789",
+            "MfKQ9r8GKYqrTwjUPD8I",
         ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }

@@ -12,6 +12,10 @@
 //!   Webhooks when it has a secret, and re-sends with back-off until a 2xx,
 //!   at most [`MockProviderConfig::webhook_attempts`] times (a real provider
 //!   retries a 404 too).
+//! - `POST /api/v1/calls/{callId}/hangup` (the optional hang-up extension)
+//!   ends a live call at once: 200, and its webhook is sent promptly with
+//!   status `FAILED` (a call hung up before it completed). A call it does
+//!   not know, or one already ended, is 404. Same API key rule as dials.
 //! - `GET /health` answers 200.
 
 use std::collections::HashMap;
@@ -19,7 +23,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +33,7 @@ use orchestrator_core::ReportedStatus;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use crate::provider::ApiKey;
 use crate::signature::WebhookSecret;
@@ -131,6 +136,10 @@ struct Inner {
     started: u64,
     received: Vec<ReceivedDial>,
     webhooks_delivered: u64,
+    /// Calls started and not ended yet, by provider call id: notified to hang up.
+    live: HashMap<String, Arc<Notify>>,
+    /// Provider call ids of every hang-up request, in order.
+    hang_ups: Vec<String>,
 }
 
 /// The mock provider. Cheap to clone: clones share state.
@@ -163,6 +172,8 @@ impl MockProvider {
                 started: 0,
                 received: Vec::new(),
                 webhooks_delivered: 0,
+                live: HashMap::new(),
+                hang_ups: Vec::new(),
             })),
             client,
         })
@@ -176,6 +187,7 @@ impl MockProvider {
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/v1/calls", post(dial))
+            .route("/api/v1/calls/{call_id}/hangup", post(hang_up))
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
             .with_state(self.clone())
     }
@@ -190,6 +202,22 @@ impl MockProvider {
     #[must_use]
     pub fn webhooks_delivered(&self) -> u64 {
         self.lock().webhooks_delivered
+    }
+
+    /// The provider call ids of every hang-up request received, in order.
+    #[must_use]
+    pub fn hang_ups(&self) -> Vec<String> {
+        self.lock().hang_ups.clone()
+    }
+
+    /// Whether `authorization` is what the configured API key asks for.
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let inner = self.lock();
+        let Some(key) = &inner.config.api_key else {
+            return true;
+        };
+        headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(format!("Bearer {}", key.expose()).as_str())
     }
 
     /// Decides the answer to one dial and records it.
@@ -248,6 +276,8 @@ impl MockProvider {
             }
             inner.started += 1;
             let id = format!("mock-{}", inner.started);
+            let hung_up = Arc::new(Notify::new());
+            inner.live.insert(id.clone(), Arc::clone(&hung_up));
             if let Some(key) = &idempotency_key {
                 inner.by_key.insert(key.clone(), id.clone());
             }
@@ -256,6 +286,7 @@ impl MockProvider {
                 provider_call_id: id.clone(),
                 webhook_url,
                 status,
+                hung_up,
             };
             (StatusCode::ACCEPTED, json!({"callId": id}), Some(planned))
         };
@@ -279,11 +310,17 @@ impl MockProvider {
                 inner.config.webhook_attempts.max(1),
             )
         };
-        tokio::time::sleep(duration).await;
+        let started = tokio::time::Instant::now();
+        let status = tokio::select! {
+            biased;
+            () = planned.hung_up.notified() => ReportedStatus::Failed,
+            () = tokio::time::sleep(duration) => planned.status,
+        };
+        self.lock().live.remove(&planned.provider_call_id);
         let body = json!({
             "callId": planned.provider_call_id,
-            "status": planned.status.as_str(),
-            "durationSec": duration.as_secs(),
+            "status": status.as_str(),
+            "durationSec": started.elapsed().as_secs(),
             "completedAt": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         })
         .to_string();
@@ -310,7 +347,7 @@ impl MockProvider {
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
                     self.lock().webhooks_delivered += 1;
-                    tracing::info!(provider_call_id = %planned.provider_call_id, status = planned.status.as_str(), "webhook delivered");
+                    tracing::info!(provider_call_id = %planned.provider_call_id, status = status.as_str(), "webhook delivered");
                     return;
                 }
                 Ok(response) => {
@@ -331,6 +368,8 @@ struct Planned {
     provider_call_id: String,
     webhook_url: reqwest::Url,
     status: ReportedStatus,
+    /// Notified when the call is hung up.
+    hung_up: Arc<Notify>,
 }
 
 async fn dial(
@@ -352,6 +391,39 @@ async fn dial(
         }
     }
     response
+}
+
+/// `POST /api/v1/calls/{callId}/hangup`: ends a live call (its webhook
+/// follows at once), or 404 for a call that is unknown or ended.
+async fn hang_up(
+    State(mock): State<MockProvider>,
+    Path(call_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !mock.authorized(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "bad api key"})),
+        )
+            .into_response();
+    }
+    let live = {
+        let mut inner = mock.lock();
+        inner.hang_ups.push(call_id.clone());
+        inner.live.remove(&call_id)
+    };
+    match live {
+        Some(hung_up) => {
+            tracing::info!(provider_call_id = %call_id, "call hung up");
+            hung_up.notify_one();
+            (StatusCode::OK, Json(json!({"callId": call_id}))).into_response()
+        }
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no live call with this id"})),
+        )
+            .into_response(),
+    }
 }
 
 /// Serves `mock` on `listener` until `shutdown` completes.

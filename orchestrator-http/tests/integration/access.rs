@@ -22,6 +22,12 @@ fn app() -> TestApp {
 /// A request for `method path`, with a body where the operation takes one.
 fn operation_request(method: &Method, path: &str, authorization: Option<&str>) -> Request<Body> {
     let mut request = match *method {
+        Method::POST if path.ends_with("/cancel") => {
+            json_request(Method::POST, path, &json!({"reason": "test"}))
+        }
+        Method::POST if path.ends_with("/retry") => {
+            request(Method::POST, path).body(Body::empty()).unwrap()
+        }
         Method::POST => json_request(
             Method::POST,
             path,
@@ -60,7 +66,7 @@ async fn client_operations(app: &TestApp) -> Vec<(Method, String)> {
             found.push((operation.method(), path));
         }
     }
-    assert_eq!(found.len(), 12, "{found:?}");
+    assert_eq!(found.len(), 20, "{found:?}");
     found
 }
 
@@ -110,8 +116,11 @@ async fn every_client_operation_works_with_any_of_the_keys() {
                 let reply = app
                     .send(operation_request(&method, &path, Some(&authorization)))
                     .await;
-                let expected = match (&method, path.ends_with("/calls")) {
-                    // Each create is a new call to the same number: allowed while PENDING.
+                // Each create is a new call to the same number: allowed while
+                // PENDING. The call is canceled before it is retried, and each
+                // retry is a new call.
+                let creates = path.ends_with("/calls") || path.ends_with("/retry");
+                let expected = match (&method, creates) {
                     (&Method::POST, true) => StatusCode::CREATED,
                     _ => StatusCode::OK,
                 };

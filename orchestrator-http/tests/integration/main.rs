@@ -5,6 +5,7 @@
 
 mod access;
 mod calls;
+mod control;
 #[cfg(feature = "server")]
 mod end_to_end;
 mod http_provider;

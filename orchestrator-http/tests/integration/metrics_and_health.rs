@@ -9,7 +9,9 @@ use axum::http::{header, Method, StatusCode};
 use orchestrator_http::Limits;
 use serde_json::json;
 
-use crate::support::{request, AcceptingProvider, BrokenStore, Log, Ping, TestApp};
+use crate::support::{
+    broken_store, request, switchable_store, AcceptingProvider, Log, Ping, TestApp,
+};
 
 #[tokio::test]
 async fn metrics_default_to_the_flat_json_counts() {
@@ -18,7 +20,7 @@ async fn metrics_default_to_the_flat_json_counts() {
     assert_eq!(empty.status, StatusCode::OK);
     assert_eq!(
         empty.body,
-        json!({"PENDING": 0, "IN_PROGRESS": 0, "COMPLETED": 0, "FAILED": 0, "EXPIRED": 0})
+        json!({"PENDING": 0, "IN_PROGRESS": 0, "COMPLETED": 0, "FAILED": 0, "EXPIRED": 0, "CANCELED": 0})
     );
     assert_eq!(empty.header("vary"), Some("accept"));
     for n in 0..3 {
@@ -42,7 +44,7 @@ async fn metrics_default_to_the_flat_json_counts() {
             .starts_with("application/json"));
         assert_eq!(
             reply.body,
-            json!({"PENDING": 1, "IN_PROGRESS": 3, "COMPLETED": 0, "FAILED": 0, "EXPIRED": 0})
+            json!({"PENDING": 1, "IN_PROGRESS": 3, "COMPLETED": 0, "FAILED": 0, "EXPIRED": 0, "CANCELED": 0})
         );
     }
 }
@@ -74,6 +76,7 @@ async fn metrics_are_prometheus_text_when_asked() {
             "orchestrator_calls{status=\"PENDING\"} 0",
             "orchestrator_calls{status=\"IN_PROGRESS\"} 1",
             "orchestrator_calls{status=\"EXPIRED\"} 0",
+            "orchestrator_calls{status=\"CANCELED\"} 0",
             "orchestrator_slots_in_use 1",
             "orchestrator_slots_max 30",
         ] {
@@ -135,7 +138,7 @@ async fn health_is_always_200_and_ready_follows_the_store() {
         );
     }
     let broken = TestApp::with(
-        Arc::new(BrokenStore::new(Ping::Fails)),
+        Arc::new(broken_store(Ping::Fails)),
         Arc::new(AcceptingProvider),
         None,
     );
@@ -173,7 +176,7 @@ async fn prometheus_text_is_served_while_the_store_is_down() {
     );
 
     let broken = TestApp::with(
-        Arc::new(BrokenStore::new(Ping::Fails)),
+        Arc::new(broken_store(Ping::Fails)),
         Arc::new(AcceptingProvider),
         None,
     );
@@ -213,7 +216,7 @@ async fn the_store_going_down_and_coming_back_is_logged_once_each_way() {
     // A callsite first reached by another test while this subscriber was
     // being installed may have cached "no interest"; ask every one again.
     tracing::callsite::rebuild_interest_cache();
-    let (store, down) = BrokenStore::switchable(Ping::Fails);
+    let (store, down) = switchable_store(Ping::Fails);
     let app = TestApp::with(Arc::new(store), Arc::new(AcceptingProvider), None);
     let scrape = || {
         request(Method::GET, "/metrics")
@@ -263,7 +266,7 @@ async fn a_server_error_cause_is_logged_once() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     let broken = TestApp::with(
-        Arc::new(BrokenStore::new(Ping::Fails)),
+        Arc::new(broken_store(Ping::Fails)),
         Arc::new(AcceptingProvider),
         None,
     );
@@ -289,7 +292,7 @@ async fn requests_that_outlast_the_timeout_get_a_503_problem() {
         ..Limits::default()
     };
     let app = TestApp::with_limits(
-        Arc::new(BrokenStore::new(Ping::Hangs)),
+        Arc::new(broken_store(Ping::Hangs)),
         Arc::new(AcceptingProvider),
         None,
         limits,

@@ -8,14 +8,9 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
-use chrono::{DateTime, Utc};
-use orchestrator_core::store::{
-    ClaimRequest, Created, ListQuery, Page, Settled, Settlement, StatusCounts, StoreError,
-};
-use orchestrator_core::{
-    AttemptRef, Call, CallId, DialError, DialRequest, Dialled, Engine, MemoryStore, NewCall,
-    PayloadPatch, Provider, Store,
-};
+use orchestrator_core::hooked::{HookedStore, Operation, StoreHook};
+use orchestrator_core::store::StoreError;
+use orchestrator_core::{DialError, DialRequest, Dialled, Engine, MemoryStore, Provider, Store};
 use orchestrator_http::{router, ApiKeys, AppState, Limits, WebhookSecret};
 use serde_json::Value;
 use tokio::sync::{mpsc, Mutex, Notify};
@@ -162,6 +157,19 @@ impl TestApp {
             .expect("the router is infallible");
         let status = response.status();
         let headers = response.headers().clone();
+        let streams = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if streams {
+            // An event stream never ends: its body is read by the SSE tests.
+            return Reply {
+                status,
+                headers,
+                text: String::new(),
+                body: Value::Null,
+            };
+        }
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("body reads");
@@ -269,7 +277,7 @@ impl Reply {
     }
 }
 
-/// How [`BrokenStore::ping`] misbehaves.
+/// How [`BrokenStore`]'s `ping` and `counts` misbehave.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Ping {
     /// Answers "unavailable" at once.
@@ -280,121 +288,45 @@ pub(crate) enum Ping {
 
 /// A memory store whose `ping` and `counts` misbehave, for readiness and
 /// timeouts: always, or while a switch says the store is down.
-pub(crate) struct BrokenStore {
-    inner: MemoryStore,
+pub(crate) type BrokenStore = HookedStore<Misbehave>;
+
+/// The hook of [`BrokenStore`].
+pub(crate) struct Misbehave {
     ping: Ping,
     down: Option<Arc<AtomicBool>>,
 }
 
-impl BrokenStore {
-    pub(crate) fn new(ping: Ping) -> Self {
-        Self {
-            inner: MemoryStore::new(),
-            ping,
-            down: None,
-        }
-    }
+/// A store that always misbehaves as `ping` says.
+pub(crate) fn broken_store(ping: Ping) -> BrokenStore {
+    HookedStore::new(Arc::new(MemoryStore::new()), Misbehave { ping, down: None })
+}
 
-    /// A store that misbehaves as `ping` says while the switch returned is on.
-    pub(crate) fn switchable(ping: Ping) -> (Self, Arc<AtomicBool>) {
-        let down = Arc::new(AtomicBool::new(false));
-        let store = Self {
-            inner: MemoryStore::new(),
-            ping,
-            down: Some(Arc::clone(&down)),
-        };
-        (store, down)
-    }
+/// A store that misbehaves as `ping` says while the switch returned is on.
+pub(crate) fn switchable_store(ping: Ping) -> (BrokenStore, Arc<AtomicBool>) {
+    let down = Arc::new(AtomicBool::new(false));
+    let hook = Misbehave {
+        ping,
+        down: Some(Arc::clone(&down)),
+    };
+    (HookedStore::new(Arc::new(MemoryStore::new()), hook), down)
+}
 
-    fn is_up(&self) -> bool {
-        self.down
+#[async_trait]
+impl StoreHook for Misbehave {
+    async fn before(&self, operation: Operation<'_>) -> Result<(), StoreError> {
+        let up = self
+            .down
             .as_ref()
-            .is_some_and(|down| !down.load(Ordering::SeqCst))
-    }
-
-    async fn misbehave<T>(&self) -> Result<T, StoreError> {
+            .is_some_and(|down| !down.load(Ordering::SeqCst));
+        if up || !matches!(operation, Operation::Ping | Operation::Counts) {
+            return Ok(());
+        }
         match self.ping {
             Ping::Fails => Err(StoreError::Unavailable(
                 "connection refused (db:5432)".into(),
             )),
             Ping::Hangs => std::future::pending().await,
         }
-    }
-}
-
-#[async_trait]
-impl Store for BrokenStore {
-    async fn create(
-        &self,
-        id: CallId,
-        new: &NewCall,
-        now: DateTime<Utc>,
-    ) -> Result<Created, StoreError> {
-        self.inner.create(id, new, now).await
-    }
-    async fn get(&self, id: CallId) -> Result<Call, StoreError> {
-        self.inner.get(id).await
-    }
-    async fn update_payload(&self, id: CallId, patch: &PayloadPatch) -> Result<Call, StoreError> {
-        self.inner.update_payload(id, patch).await
-    }
-    async fn list(&self, query: &ListQuery) -> Result<Page, StoreError> {
-        self.inner.list(query).await
-    }
-    async fn counts(&self) -> Result<StatusCounts, StoreError> {
-        if self.is_up() {
-            return self.inner.counts().await;
-        }
-        self.misbehave().await
-    }
-    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        self.inner.claim(request).await
-    }
-    async fn record_dial(
-        &self,
-        attempt: AttemptRef,
-        provider_call_id: &str,
-    ) -> Result<bool, StoreError> {
-        self.inner.record_dial(attempt, provider_call_id).await
-    }
-    async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
-        self.inner.find_attempt(provider_call_id).await
-    }
-    async fn settle(
-        &self,
-        attempt: AttemptRef,
-        settlement: Settlement,
-    ) -> Result<Settled, StoreError> {
-        self.inner.settle(attempt, settlement).await
-    }
-    async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {
-        self.inner.expire_due(now).await
-    }
-    async fn stale_attempts(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<AttemptRef>, StoreError> {
-        self.inner.stale_attempts(now, limit).await
-    }
-    async fn next_timer(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.inner.next_timer(now).await
-    }
-    async fn purge_ended_before(
-        &self,
-        cutoff: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<u64, StoreError> {
-        self.inner.purge_ended_before(cutoff, limit).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        if self.is_up() {
-            return self.inner.ping().await;
-        }
-        self.misbehave().await
-    }
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.inner.subscribe()
     }
 }
 
