@@ -31,7 +31,8 @@ pub const API_PREFIX: &str = "/api/v1";
 /// 3. every 4xx and 5xx answer is an RFC 9457 problem document, including
 ///    axum's own (405, 413, ...); the cause of a 5xx is logged once, here;
 /// 4. the request timeout ([`Limits::request_timeout`](crate::Limits), 503);
-/// 5. the body limit ([`Limits::body_bytes`](crate::Limits), 413);
+/// 5. the body limit ([`Limits::body_bytes`](crate::Limits), or the
+///    operation's own, e.g. a platform webhook's; 413);
 /// 6. when the state has API keys, the key check of every operation but
 ///    those open to all or authenticated by a webhook signature
 ///    ([`Access`]), 401.
@@ -39,10 +40,12 @@ pub const API_PREFIX: &str = "/api/v1";
 /// Unknown paths are 404 problem documents.
 pub fn router(state: AppState) -> Router {
     let keys = state.api_keys().cloned();
+    let limits = state.limits();
     let api = routes::operations()
         .into_iter()
         .fold(Router::new(), |api, operation| {
             let needs_key = operation.access() == Access::ApiKey;
+            let body_limit = operation.body_limit().unwrap_or(limits.body_bytes);
             let (path, route) = operation.into_route();
             let route = match &keys {
                 Some(keys) if needs_key => route.route_layer(middleware::from_fn_with_state(
@@ -51,9 +54,8 @@ pub fn router(state: AppState) -> Router {
                 )),
                 _ => route,
             };
-            api.route(path, route)
+            api.route(path, route.layer(RequestBodyLimitLayer::new(body_limit)))
         });
-    let limits = state.limits();
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
@@ -70,8 +72,7 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             limits.request_timeout,
             request_timeout,
-        ))
-        .layer(RequestBodyLimitLayer::new(limits.body_bytes));
+        ));
     Router::new()
         .merge(api.clone())
         .nest(API_PREFIX, api)

@@ -11,6 +11,7 @@ use orchestrator_core::{Engine, EngineError};
 use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
+use crate::platforms::vapi::webhook::VapiWebhookAuth;
 use crate::signature::WebhookSecret;
 
 /// Bounds on one request.
@@ -60,6 +61,9 @@ pub struct AppState {
     store_health: Arc<Mutex<StoreHealth>>,
     /// Set once the server shuts down: event streams end.
     closing: Arc<watch::Sender<bool>>,
+    /// Platform webhooks: how each is authenticated; `None` while that
+    /// platform is not in use (its route then answers 404).
+    vapi_webhook: Option<Arc<VapiWebhookAuth>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -86,6 +90,7 @@ impl AppState {
             limits: Limits::default(),
             store_health: Arc::default(),
             closing: Arc::new(watch::Sender::new(false)),
+            vapi_webhook: None,
         }
     }
 
@@ -121,6 +126,19 @@ impl AppState {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Serves Vapi's webhook (`POST /callbacks/vapi`), authenticated by `auth`.
+    #[must_use]
+    pub fn with_vapi_webhook(mut self, auth: VapiWebhookAuth) -> Self {
+        self.vapi_webhook = Some(Arc::new(auth));
+        self
+    }
+
+    /// How Vapi's webhook is authenticated, when it is served.
+    #[must_use]
+    pub fn vapi_webhook(&self) -> Option<&VapiWebhookAuth> {
+        self.vapi_webhook.as_deref()
     }
 
     /// The engine.

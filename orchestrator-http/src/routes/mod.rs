@@ -47,6 +47,8 @@ pub struct Operation {
     path: &'static str,
     access: Access,
     route: MethodRouter<AppState>,
+    /// A body limit of its own, instead of [`Limits::body_bytes`](crate::Limits).
+    body_limit: Option<usize>,
 }
 
 impl std::fmt::Debug for Operation {
@@ -71,7 +73,21 @@ impl Operation {
             path,
             access,
             route,
+            body_limit: None,
         }
+    }
+
+    /// The same operation with a body limit of its own, in bytes (a
+    /// platform's webhook carrying whole transcripts).
+    fn with_body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = Some(bytes);
+        self
+    }
+
+    /// Its body limit in bytes, when it has one of its own.
+    #[must_use]
+    pub fn body_limit(&self) -> Option<usize> {
+        self.body_limit
     }
 
     /// The HTTP method. `GET` operations also answer `HEAD`.
@@ -136,6 +152,15 @@ pub fn operations() -> Vec<Operation> {
             Access::Signed,
             webhook::call_status,
         ),
+        // Platform webhooks (PROVIDER=vapi|retell): authenticated by the
+        // platform's own scheme, never by an API key.
+        Operation::new(
+            Verb::Post,
+            "/callbacks/vapi",
+            Access::Signed,
+            crate::platforms::vapi::webhook::callback,
+        )
+        .with_body_limit(crate::platforms::vapi::webhook::MAX_BODY_BYTES),
         Operation::new(Verb::Get, "/metrics", Access::ApiKey, ops::metrics),
         Operation::new(Verb::Get, "/health", Access::Open, ops::health),
         Operation::new(Verb::Get, "/ready", Access::Open, ops::ready),
