@@ -73,6 +73,9 @@ pub enum AppError {
     /// The HTTP provider could not be configured.
     #[error(transparent)]
     Provider(#[from] HttpProviderError),
+    /// The Vapi provider could not be configured.
+    #[error(transparent)]
+    Vapi(#[from] crate::platforms::vapi::VapiConfigError),
     /// The HTTP client of client callbacks could not be built.
     #[error("the callback HTTP client could not be built")]
     Callbacks(#[source] reqwest::Error),
@@ -307,6 +310,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     };
     let (store, store_description) = open_store(&config).await?;
     let (provider, provider_description): (Arc<dyn Provider>, String) = match &config.provider {
+        // Platform adapters (PROVIDER=vapi|retell); `provider` is then `None`.
+        None if config.vapi.is_some() => {
+            let Some(vapi) = &config.vapi else {
+                unreachable!("checked by the guard")
+            };
+            let provider = crate::platforms::vapi::VapiProvider::new(&vapi.api)?;
+            let description = format!("vapi {}", provider.call_url());
+            (Arc::new(provider), description)
+        }
         Some(settings) => {
             let provider = HttpProvider::new(&HttpProviderConfig {
                 base_url: settings.base_url.clone(),
@@ -353,6 +365,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let mut state = AppState::new(orchestrator.clone())
         .with_webhook_secret(config.webhook_secret)
         .with_api_keys(config.api_keys);
+    if let Some(vapi) = &config.vapi {
+        announce_vapi_webhook(&vapi.webhook, &public_base_url);
+        state = state.with_vapi_webhook(vapi.webhook.clone());
+    }
     if let Some(handle) = crate::metrics::prometheus_recorder() {
         state = state.with_metrics(handle);
     }
@@ -451,6 +467,31 @@ fn warn_about_exposure(config: &Config, local_addr: SocketAddr, public_base_url:
                  cannot tell them from forgeries. Set CALLBACK_SECRET (whsec_<base64>)"
             ),
         }
+    }
+}
+
+/// Says where Vapi must send its server messages, and warns loudly when
+/// they are accepted without authentication.
+fn announce_vapi_webhook(
+    auth: &crate::platforms::vapi::webhook::VapiWebhookAuth,
+    public_base_url: &Url,
+) {
+    use crate::platforms::vapi::webhook::VapiWebhookAuth;
+    let server_url = format!(
+        "{}/callbacks/vapi",
+        public_base_url.as_str().trim_end_matches('/')
+    );
+    let credential = match auth {
+        VapiWebhookAuth::Hmac(_) => "an HMAC credential (sha256, default headers and payload format) with VAPI_WEBHOOK_SECRET",
+        VapiWebhookAuth::Bearer(_) => "a Bearer Token credential with VAPI_WEBHOOK_SECRET",
+        VapiWebhookAuth::Unverified => "no credential",
+    };
+    tracing::info!(server_url, credential, "set this as Vapi's Server URL (assistant, phone number or organization) with the credential named");
+    if matches!(auth, VapiWebhookAuth::Unverified) {
+        tracing::warn!(
+            server_url,
+            "VAPI_WEBHOOK_INSECURE=true: Vapi webhooks are accepted WITHOUT authentication; anyone who can reach this URL can settle calls. Set VAPI_WEBHOOK_SECRET before exposing it"
+        );
     }
 }
 

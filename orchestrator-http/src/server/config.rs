@@ -31,6 +31,13 @@
 //! | `CALLBACK_SECRET` | `--callback-secret` | none: callbacks are sent unsigned | Standard Webhooks secret `whsec_<base64>` that signs client callbacks |
 //! | `CALLBACK_TIMEOUT_MS` | `--callback-timeout-ms` | `5000` | bound on one callback try, milliseconds, at least 1 |
 //! | `CALLBACK_MAX_ATTEMPTS` | `--callback-max-attempts` | `10` | tries of one callback before it is `FAILED`, at least 1 (back-off from 5 s doubling up to 1 h, with jitter) |
+//! | `PROVIDER` | `--provider` | `generic` | `generic` (the HTTP contract at `PROVIDER_BASE_URL`, or the simulated provider without it), `vapi` or `retell` |
+//! | `VAPI_API_KEY` | `--vapi-api-key` | none (required with `PROVIDER=vapi`) | Vapi private API key, sent as `Authorization: Bearer` |
+//! | `VAPI_BASE_URL` | `--vapi-base-url` | `https://api.vapi.ai` | Vapi's API, `http://` or `https://` (a stand-in in tests) |
+//! | `VAPI_PHONE_NUMBER_ID` | `--vapi-phone-number-id` | none (required with `PROVIDER=vapi`) | the Vapi phone number calls are placed from |
+//! | `VAPI_WEBHOOK_AUTH` | `--vapi-webhook-auth` | `hmac` | how `POST /callbacks/vapi` is authenticated: `hmac` (Vapi's HMAC credential with its defaults) or `bearer` (`Authorization: Bearer` or `X-Vapi-Secret`) |
+//! | `VAPI_WEBHOOK_SECRET` | `--vapi-webhook-secret` | none | the secret of that credential, at least 16 visible ASCII characters; required with `PROVIDER=vapi` unless `VAPI_WEBHOOK_INSECURE=true` |
+//! | `VAPI_WEBHOOK_INSECURE` | `--vapi-webhook-insecure` | `false` | `true` accepts unauthenticated Vapi webhooks (development only; anyone reaching the route can settle calls) |
 //! | `LOG_FORMAT` | `--log-format` | `text` | `text` or `json` |
 //! | `RUST_LOG` | | `info` | log filter (tracing-subscriber `EnvFilter`) |
 //!
@@ -69,6 +76,8 @@ use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{ApiKeyError, ApiKeys};
+use crate::platforms::vapi::webhook::{VapiSecret, VapiWebhookAuth};
+use crate::platforms::vapi::VapiConfig;
 use crate::provider::ApiKey;
 use crate::server::connections::{default_max_connections, ServeOptions};
 use crate::signature::WebhookSecret;
@@ -239,6 +248,51 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    // Platform adapters (`PROVIDER`).
+    /// Which provider places calls.
+    #[arg(long, env = "PROVIDER", value_enum, default_value_t = ProviderKind::Generic, ignore_case = true, global = true)]
+    pub provider: ProviderKind,
+    /// Vapi private API key.
+    #[arg(long, env = "VAPI_API_KEY", global = true, hide_env_values = true, value_parser = secret::<ApiKey>())]
+    pub vapi_api_key: Option<ApiKey>,
+    /// Vapi's API base URL.
+    #[arg(long, env = "VAPI_BASE_URL", default_value = crate::platforms::vapi::DEFAULT_BASE_URL, value_parser = http_url, global = true)]
+    pub vapi_base_url: Url,
+    /// The Vapi phone number id calls are placed from.
+    #[arg(long, env = "VAPI_PHONE_NUMBER_ID", value_parser = NonEmptyStringValueParser::new(), global = true)]
+    pub vapi_phone_number_id: Option<String>,
+    /// How Vapi's webhooks are authenticated.
+    #[arg(long, env = "VAPI_WEBHOOK_AUTH", value_enum, default_value_t = VapiAuthKind::Hmac, ignore_case = true, global = true)]
+    pub vapi_webhook_auth: VapiAuthKind,
+    /// The secret of Vapi's HMAC or bearer credential.
+    #[arg(long, env = "VAPI_WEBHOOK_SECRET", global = true, hide_env_values = true, value_parser = secret::<VapiSecret>())]
+    pub vapi_webhook_secret: Option<VapiSecret>,
+    /// Accept unauthenticated Vapi webhooks (development only).
+    #[arg(long, env = "VAPI_WEBHOOK_INSECURE", default_value = "false", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), global = true)]
+    pub vapi_webhook_insecure: bool,
+}
+
+/// Which provider places calls (`PROVIDER`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// The generic HTTP contract at `PROVIDER_BASE_URL`, or the simulated
+    /// provider without it.
+    #[default]
+    Generic,
+    /// Vapi (`VAPI_*` settings).
+    Vapi,
+    /// Retell.
+    Retell,
+}
+
+/// How Vapi's webhooks are authenticated (`VAPI_WEBHOOK_AUTH`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum VapiAuthKind {
+    /// Vapi's HMAC credential, default headers and payload format.
+    #[default]
+    Hmac,
+    /// Vapi's bearer-token credential.
+    Bearer,
 }
 
 /// Parses the command line and the environment into `P`, exiting with
@@ -537,6 +591,68 @@ pub enum ConfigError {
     /// The core refused the retry policy.
     #[error("invalid retry policy")]
     Retry(#[source] RetryPolicyError),
+    /// A setting the chosen provider needs is missing.
+    #[error("PROVIDER={provider} needs {setting}")]
+    ProviderSettingMissing {
+        /// `PROVIDER`'s value.
+        provider: &'static str,
+        /// The missing setting, e.g. `VAPI_API_KEY`.
+        setting: &'static str,
+    },
+    /// The chosen provider is not available in this build.
+    #[error("PROVIDER={0} is not available yet; use generic or vapi")]
+    ProviderUnavailable(&'static str),
+}
+
+/// Vapi, when it is the provider (`PROVIDER=vapi`).
+#[derive(Clone, Debug)]
+pub struct VapiSettings {
+    /// How to reach Vapi's API.
+    pub api: VapiConfig,
+    /// How its webhooks are authenticated.
+    pub webhook: VapiWebhookAuth,
+}
+
+impl VapiSettings {
+    /// The Vapi settings in `settings`.
+    ///
+    /// # Errors
+    /// [`ConfigError::ProviderSettingMissing`] naming the first one missing.
+    fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let missing = |setting| ConfigError::ProviderSettingMissing {
+            provider: "vapi",
+            setting,
+        };
+        let api_key = settings
+            .vapi_api_key
+            .clone()
+            .ok_or_else(|| missing("VAPI_API_KEY"))?;
+        let phone_number_id = settings
+            .vapi_phone_number_id
+            .clone()
+            .ok_or_else(|| missing("VAPI_PHONE_NUMBER_ID"))?;
+        // Without a secret anyone who finds the route can settle calls:
+        // refused unless asked for explicitly.
+        let webhook = match (&settings.vapi_webhook_secret, settings.vapi_webhook_auth) {
+            (Some(secret), VapiAuthKind::Hmac) => VapiWebhookAuth::Hmac(secret.clone()),
+            (Some(secret), VapiAuthKind::Bearer) => VapiWebhookAuth::Bearer(secret.clone()),
+            (None, _) if settings.vapi_webhook_insecure => VapiWebhookAuth::Unverified,
+            (None, _) => {
+                return Err(missing(
+                    "VAPI_WEBHOOK_SECRET (or VAPI_WEBHOOK_INSECURE=true to accept unauthenticated webhooks)",
+                ))
+            }
+        };
+        Ok(Self {
+            api: VapiConfig {
+                base_url: settings.vapi_base_url.clone(),
+                api_key,
+                phone_number_id,
+                timeout: Duration::from_millis(settings.provider_timeout_ms.get()),
+            },
+            webhook,
+        })
+    }
 }
 
 /// Where the provider is, when it is a real one.
@@ -573,6 +689,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The real provider; `None` for the simulated one.
     pub provider: Option<ProviderSettings>,
+    /// Vapi, with `PROVIDER=vapi` (then `provider` is `None`).
+    pub vapi: Option<VapiSettings>,
     /// `PUBLIC_BASE_URL`; `None` for `http://127.0.0.1:{bound port}`.
     pub public_base_url: Option<Url>,
     /// `WEBHOOK_SECRET`.
@@ -600,6 +718,7 @@ impl Default for Config {
             },
             engine: EngineConfig::default(),
             provider: None,
+            vapi: None,
             public_base_url: None,
             webhook_secret: None,
             callback_secret: None,
@@ -621,6 +740,11 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the variables (or the file) at fault.
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+        let vapi = match settings.provider {
+            ProviderKind::Generic => None,
+            ProviderKind::Vapi => Some(VapiSettings::from_settings(&settings)?),
+            ProviderKind::Retell => return Err(ConfigError::ProviderUnavailable("retell")),
+        };
         let retry = RetryPolicy::new(
             settings.base_retry_seconds,
             settings.max_retry_seconds,
@@ -661,7 +785,8 @@ impl Config {
             .with_default_callback_url(settings.callback_url)
             .with_callback_retry(callback_retry)
             .with_callback_lease(callback_lease);
-        let provider = settings.provider_base_url.map(|base_url| ProviderSettings {
+        let provider_base_url = settings.provider_base_url.filter(|_| vapi.is_none());
+        let provider = provider_base_url.map(|base_url| ProviderSettings {
             base_url,
             api_key: settings.provider_api_key,
             timeout: Duration::from_millis(settings.provider_timeout_ms.get()),
@@ -710,6 +835,7 @@ impl Config {
             },
             engine,
             provider,
+            vapi,
             public_base_url: settings.public_base_url,
             webhook_secret: settings.webhook_secret,
             callback_secret: settings.callback_secret,
@@ -1211,5 +1337,55 @@ mod tests {
             .find(|arg| arg.get_id() == "port")
             .unwrap();
         assert_eq!(port.get_env(), Some(OsStr::new("PORT")));
+    }
+
+    #[test]
+    fn vapi_needs_its_key_its_number_and_a_webhook_secret() {
+        let base = [
+            "--provider",
+            "vapi",
+            "--vapi-api-key",
+            "vapi-private-key",
+            "--vapi-phone-number-id",
+            "pn-1",
+        ];
+        let missing = |args: &[&str]| match parse(args) {
+            Err(Refused::Config(ConfigError::ProviderSettingMissing { setting, .. })) => setting,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert_eq!(missing(&["--provider", "vapi"]), "VAPI_API_KEY");
+        assert_eq!(missing(&base[..4]), "VAPI_PHONE_NUMBER_ID");
+        assert!(missing(&base).starts_with("VAPI_WEBHOOK_SECRET"));
+        let insecure = parse(&[&base[..], &["--vapi-webhook-insecure", "true"]].concat()).unwrap();
+        let vapi = insecure.vapi.unwrap();
+        assert!(matches!(vapi.webhook, VapiWebhookAuth::Unverified));
+        assert_eq!(vapi.api.base_url.as_str(), "https://api.vapi.ai/");
+        let signed = parse(
+            &[
+                &base[..],
+                &[
+                    "--vapi-webhook-secret",
+                    "0123456789abcdef",
+                    "--vapi-webhook-auth",
+                    "bearer",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert!(matches!(
+            signed.vapi.unwrap().webhook,
+            VapiWebhookAuth::Bearer(_)
+        ));
+        assert!(signed.provider.is_none());
+    }
+
+    #[test]
+    fn retell_is_refused_until_its_adapter_exists() {
+        assert!(matches!(
+            parse(&["--provider", "retell"]),
+            Err(Refused::Config(ConfigError::ProviderUnavailable("retell")))
+        ));
+        assert!(parse(&[]).unwrap().vapi.is_none());
     }
 }
