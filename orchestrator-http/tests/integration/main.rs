@@ -17,4 +17,5 @@ mod openapi;
 #[cfg(feature = "server")]
 mod serving;
 mod support;
+mod vapi;
 mod webhook;

@@ -334,9 +334,10 @@ pub async fn callback(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // Without Vapi as the provider no call has a Vapi call id.
     let Some(auth) = state.vapi_webhook() else {
-        return Err(ApiError::RouteNotFound(
-            "/callbacks/vapi (the Vapi webhook is off: set PROVIDER=vapi)".to_owned(),
+        return Err(ApiError::CallNotFound(
+            "Vapi is not the provider (PROVIDER=vapi), so no call has a Vapi call id".to_owned(),
         ));
     };
     let body = body.map_err(|rejection| {
