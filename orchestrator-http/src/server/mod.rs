@@ -9,12 +9,14 @@
 //!   background; [`serve`] runs a router on a listener with a header-read
 //!   timeout, a connection limit and a bounded graceful drain
 //!   ([`ServeOptions`]); [`migrate`] applies the PostgreSQL migrations.
-//! - [`mock_provider`]: a stand-alone mock of the AI-call provider.
+//! - [`mock_provider`]: a stand-alone mock of the AI-call provider;
+//!   [`mock_vapi`]: its Vapi dialect.
 
 mod app;
 pub mod config;
 mod connections;
 pub mod mock_provider;
+pub mod mock_vapi;
 
 pub use app::{migrate, serve, shutdown_signal, start, AppError, Running};
 pub use config::Config;
