@@ -17,6 +17,8 @@
 //! - [`metrics`]: the Prometheus exposition and the recorder for the engine's series.
 //! - [`signature`]: Standard Webhooks signing and verification.
 //! - [`provider`]: [`HttpProvider`], the engine's provider over HTTP.
+//! - [`platforms`]: adapters for real platforms ([`platforms::vapi`]), each a
+//!   provider and a webhook of its own.
 //! - [`callback`]: [`HttpCallbackSender`], which POSTs terminal events to
 //!   the calls' callback URLs, signed.
 //! - [`platforms`]: adapters for real platforms ([`platforms::retell`]).

@@ -49,6 +49,7 @@ use crate::routes::Access;
         events,
         call_status,
         crate::platforms::retell::openapi::retell_webhook,
+        vapi_callback,
         metrics,
         health,
         ready,
@@ -644,6 +645,39 @@ fn events() {}
 )]
 #[allow(dead_code)]
 fn call_status() {}
+
+/// Vapi's server messages (`PROVIDER=vapi`): `{"message": {"type", "call", ...}}`.
+///
+/// `end-of-call-report`, and `status-update` with `status: "ended"`, settle
+/// the call by its `endedReason`; every other type is acknowledged and
+/// ignored. Authenticated by Vapi's HMAC credential (`x-signature`, hex
+/// HMAC-SHA256 of `"{x-timestamp}.{body}"`, within 5 minutes) or its bearer
+/// credential (`Authorization: Bearer` or `X-Vapi-Secret`), as
+/// `VAPI_WEBHOOK_AUTH` says. 404 while Vapi is not the provider.
+#[utoipa::path(
+    post,
+    path = "/callbacks/vapi",
+    tag = "provider",
+    operation_id = "vapiServerMessage",
+    request_body(content = Object, content_type = "application/json",
+        description = "A Vapi server message (see Vapi's `ServerMessage` schema)."),
+    responses(
+        (status = 200, description = "Settled, repeated, or a message type that settles nothing (`outcome: ignored`).",
+            body = Object),
+        (status = 400, description = "No `message`, `message.type`, `message.call.id` or `endedReason`, or wrong types; `errors` names the field.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 401, description = "The signature or secret is missing, wrong or stale; `errors` names the header.",
+            body = Problem, content_type = PROBLEM_JSON,
+            headers(("WWW-Authenticate" = String, description = "`Vapi realm=\"callbacks\"`."))),
+        (status = 404, description = "No call has this Vapi call id (nor the echoed call id), or Vapi is not the provider.",
+            body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "The body is larger than 1 MiB.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The store cannot be reached, or the request timed out.",
+            body = Problem, content_type = PROBLEM_JSON, headers(("Retry-After" = String, description = "Seconds to wait."))),
+    ),
+)]
+#[allow(dead_code)]
+fn vapi_callback() {}
 
 /// Call counts per status, as JSON or as Prometheus text.
 ///

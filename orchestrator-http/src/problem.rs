@@ -185,6 +185,17 @@ pub enum ApiError {
     /// The webhook signature was refused (401).
     #[error("{0}")]
     Unauthorized(SignatureError),
+    /// A platform's webhook (Vapi, Retell) failed that platform's
+    /// authentication scheme (401), naming the header at fault.
+    #[error("{message}")]
+    PlatformUnauthorized {
+        /// The header at fault, e.g. `x-signature`.
+        header: &'static str,
+        /// What is wrong, without secrets.
+        message: String,
+        /// The `WWW-Authenticate` challenge, e.g. `Vapi realm="callbacks"`.
+        challenge: &'static str,
+    },
     /// The operation requires an API key, and the request had none or a
     /// wrong one (401).
     #[error("{0}")]
@@ -267,7 +278,7 @@ impl ApiError {
                 IDEMPOTENCY_KEY_REUSED,
                 "Idempotency key reused",
             ),
-            ApiError::Unauthorized(_) => (
+            ApiError::Unauthorized(_) | ApiError::PlatformUnauthorized { .. } => (
                 StatusCode::UNAUTHORIZED,
                 INVALID_SIGNATURE,
                 "Invalid webhook signature",
@@ -314,6 +325,9 @@ impl ApiError {
             ApiError::Unauthorized(error) => {
                 vec![FieldError::new(error.header(), error.to_string())]
             }
+            ApiError::PlatformUnauthorized {
+                header, message, ..
+            } => vec![FieldError::new(*header, message.clone())],
             ApiError::Unauthenticated(error) => {
                 vec![FieldError::new("Authorization", error.to_string())]
             }
@@ -345,6 +359,11 @@ impl IntoResponse for ApiError {
                     } else {
                         "StandardWebhooks realm=\"call-status\""
                     };
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            ApiError::PlatformUnauthorized { challenge, .. } => {
                 response
                     .headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));

@@ -218,7 +218,7 @@ impl HttpProvider {
 }
 
 /// `base` with `path` appended to its path (keeping any prefix, e.g. `/v2/`).
-fn join(base: &Url, path: &str) -> Option<Url> {
+pub(crate) fn join(base: &Url, path: &str) -> Option<Url> {
     if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
         return None;
     }
@@ -262,7 +262,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, DialErr
 }
 
 /// The start of an error body, on one line, for `lastError`.
-fn quote(body: &[u8]) -> String {
+pub(crate) fn quote(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let flat: String = text
         .split_whitespace()

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::auth::ApiKeys;
 use crate::platforms::retell::RetellWebhookKey;
+use crate::platforms::vapi::webhook::VapiWebhookAuth;
 use crate::signature::WebhookSecret;
 
 /// Bounds on one request.
@@ -62,6 +63,9 @@ pub struct AppState {
     /// Set once the server shuts down: event streams end.
     closing: Arc<watch::Sender<bool>>,
     retell_webhook_key: Option<RetellWebhookKey>,
+    /// Platform webhooks: how each is authenticated; `None` while that
+    /// platform is not in use (its route then answers 404).
+    vapi_webhook: Option<Arc<VapiWebhookAuth>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -89,6 +93,7 @@ impl AppState {
             store_health: Arc::default(),
             closing: Arc::new(watch::Sender::new(false)),
             retell_webhook_key: None,
+            vapi_webhook: None,
         }
     }
 
@@ -139,6 +144,19 @@ impl AppState {
     #[must_use]
     pub fn retell_webhook_key(&self) -> Option<&RetellWebhookKey> {
         self.retell_webhook_key.as_ref()
+    }
+
+    /// Serves Vapi's webhook (`POST /callbacks/vapi`), authenticated by `auth`.
+    #[must_use]
+    pub fn with_vapi_webhook(mut self, auth: VapiWebhookAuth) -> Self {
+        self.vapi_webhook = Some(Arc::new(auth));
+        self
+    }
+
+    /// How Vapi's webhook is authenticated, when it is served.
+    #[must_use]
+    pub fn vapi_webhook(&self) -> Option<&VapiWebhookAuth> {
+        self.vapi_webhook.as_deref()
     }
 
     /// The engine.

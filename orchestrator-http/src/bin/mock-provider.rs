@@ -7,14 +7,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use orchestrator_http::platforms::vapi::webhook::VapiSecret;
 use orchestrator_http::provider::ApiKey;
 use orchestrator_http::server::config::{http_url, parse_args, parse_duration, secret};
 use orchestrator_http::server::mock_provider::{
     self, MockProvider, MockProviderConfig, OutcomeMixArg,
 };
 use orchestrator_http::server::mock_retell::{self, RetellMock};
+use orchestrator_http::server::mock_vapi::{MockVapi, MockVapiConfig};
 use orchestrator_http::server::shutdown_signal;
 use orchestrator_http::WebhookSecret;
+use reqwest::Url;
 use tracing_subscriber::EnvFilter;
 
 /// A mock AI-call provider: answers dial requests with 202 and calls the
@@ -53,13 +56,20 @@ struct Args {
     /// Seed of the outcome and fault draws.
     #[arg(long, env = "MOCK_SEED", default_value_t = 0)]
     seed: u64,
-    /// Which API to mock: `generic` (the orchestrator's own contract) or
-    /// `retell` (Retell's API and webhooks; needs --api-key and --webhook-url).
-    #[arg(long, env = "MOCK_DIALECT", value_enum, default_value_t = Dialect::Generic)]
+    /// Which API to mock: `generic` (the orchestrator's own contract),
+    /// `retell` (Retell's API and webhooks; needs --api-key and --webhook-url)
+    /// or `vapi` (Vapi's API and server messages).
+    #[arg(long, env = "MOCK_DIALECT", value_enum, default_value_t = Dialect::Generic, ignore_case = true)]
     dialect: Dialect,
     /// Where the `retell` dialect sends its webhooks, e.g. http://127.0.0.1:8080/callbacks/retell.
     #[arg(long, env = "MOCK_WEBHOOK_URL", value_parser = http_url)]
     webhook_url: Option<reqwest::Url>,
+    /// Vapi dialect: where server messages go (the orchestrator's `/callbacks/vapi`).
+    #[arg(long, env = "MOCK_VAPI_SERVER_URL", default_value = "http://127.0.0.1:8080/callbacks/vapi", value_parser = http_url)]
+    vapi_server_url: Url,
+    /// Vapi dialect: the HMAC secret server messages are signed with.
+    #[arg(long, env = "VAPI_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret::<VapiSecret>())]
+    vapi_webhook_secret: Option<VapiSecret>,
 }
 
 /// The API the mock speaks.
@@ -69,6 +79,8 @@ enum Dialect {
     Generic,
     /// Retell: `create-phone-call`, `get-call`, `stop-call`, `x-retell-signature`.
     Retell,
+    /// Vapi's API and server messages.
+    Vapi,
 }
 
 /// A number from 0 to 1.
@@ -98,6 +110,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.dialect == Dialect::Vapi {
+        return run_vapi(args).await;
+    }
     let signed = args.webhook_secret.is_some();
     let config = MockProviderConfig {
         call_duration: args.call_duration_seconds,
@@ -139,6 +154,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "mock provider listening"
     );
     mock_provider::serve(listener, &mock, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The Vapi dialect: `POST /call`, `GET /call/{id}`, `POST /control/{id}`,
+/// and signed server messages to `--vapi-server-url`.
+async fn run_vapi(args: Args) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind((args.bind_host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.bind_host, args.port))?;
+    let address = listener.local_addr()?;
+    let signed = args.vapi_webhook_secret.is_some();
+    let mock = MockVapi::new(MockVapiConfig {
+        call_duration: args.call_duration_seconds,
+        outcomes: args.outcomes.0,
+        server_url: args.vapi_server_url.clone(),
+        secret: args.vapi_webhook_secret,
+        api_key: args.api_key,
+        public_url: Url::parse(&format!("http://{address}/")).context("the mock's URL")?,
+        seed: args.seed,
+    })
+    .context("could not start")?;
+    tracing::info!(
+        %address,
+        server_url = %args.vapi_server_url,
+        signed_webhooks = signed,
+        "mock provider (Vapi dialect) listening"
+    );
+    axum::serve(listener, mock.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

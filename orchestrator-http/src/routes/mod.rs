@@ -48,7 +48,7 @@ pub struct Operation {
     access: Access,
     route: MethodRouter<AppState>,
     /// A body limit of its own, instead of [`Limits::body_bytes`](crate::Limits).
-    body_bytes: Option<usize>,
+    body_limit: Option<usize>,
 }
 
 impl std::fmt::Debug for Operation {
@@ -73,14 +73,21 @@ impl Operation {
             path,
             access,
             route,
-            body_bytes: None,
+            body_limit: None,
         }
     }
 
-    /// With a body limit of its own, in bytes.
+    /// The same operation with a body limit of its own, in bytes (a
+    /// platform's webhook carrying whole transcripts).
     fn with_body_limit(mut self, bytes: usize) -> Self {
-        self.body_bytes = Some(bytes);
+        self.body_limit = Some(bytes);
         self
+    }
+
+    /// Its body limit in bytes, when it has one of its own.
+    #[must_use]
+    pub fn body_limit(&self) -> Option<usize> {
+        self.body_limit
     }
 
     /// The HTTP method. `GET` operations also answer `HEAD`.
@@ -104,14 +111,6 @@ impl Operation {
     #[must_use]
     pub fn access(&self) -> Access {
         self.access
-    }
-
-    /// Its largest request body, in bytes, when it differs from the API's
-    /// ([`Limits::body_bytes`](crate::Limits)): a platform's webhook
-    /// carrying transcripts.
-    #[must_use]
-    pub fn body_limit(&self) -> Option<usize> {
-        self.body_bytes
     }
 
     /// The handler, for the router.
@@ -161,6 +160,15 @@ pub fn operations() -> Vec<Operation> {
             crate::platforms::retell::webhook::callback,
         )
         .with_body_limit(crate::platforms::retell::webhook::MAX_BODY_BYTES),
+        // Platform webhooks (PROVIDER=vapi|retell): authenticated by the
+        // platform's own scheme, never by an API key.
+        Operation::new(
+            Verb::Post,
+            "/callbacks/vapi",
+            Access::Signed,
+            crate::platforms::vapi::webhook::callback,
+        )
+        .with_body_limit(crate::platforms::vapi::webhook::MAX_BODY_BYTES),
         Operation::new(Verb::Get, "/metrics", Access::ApiKey, ops::metrics),
         Operation::new(Verb::Get, "/health", Access::Open, ops::health),
         Operation::new(Verb::Get, "/ready", Access::Open, ops::ready),

@@ -76,6 +76,9 @@ pub enum AppError {
     /// The Retell adapter could not be configured.
     #[error(transparent)]
     Retell(#[from] crate::platforms::retell::RetellError),
+    /// The Vapi provider could not be configured.
+    #[error(transparent)]
+    Vapi(#[from] crate::platforms::vapi::VapiConfigError),
     /// The HTTP client of client callbacks could not be built.
     #[error("the callback HTTP client could not be built")]
     Callbacks(#[source] reqwest::Error),
@@ -314,9 +317,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         .as_ref()
         .map(crate::platforms::retell::RetellProvider::new)
         .transpose()?;
+    let vapi = config
+        .vapi
+        .as_ref()
+        .map(|vapi| crate::platforms::vapi::VapiProvider::new(&vapi.api))
+        .transpose()?;
+    // `PROVIDER=vapi|retell`: `Config` then has no generic provider.
     let (provider, provider_description): (Arc<dyn Provider>, String) =
-        match (&config.provider, retell) {
-            (Some(settings), _) => {
+        match (&config.provider, retell, vapi) {
+            (Some(settings), _, _) => {
                 let provider = HttpProvider::new(&HttpProviderConfig {
                     base_url: settings.base_url.clone(),
                     api_key: settings.api_key.clone(),
@@ -326,8 +335,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 let description = format!("http {}", provider.calls_url());
                 (Arc::new(provider), description)
             }
-            // `PROVIDER=retell`: `Config` then has no generic provider.
-            (None, Some(provider)) => {
+            (None, Some(provider), _) => {
                 let description = format!(
                     "retell {} (configure Retell's webhook URL as {}callbacks/retell)",
                     provider.url("", None),
@@ -335,7 +343,11 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
                 );
                 (Arc::new(provider), description)
             }
-            (None, None) => {
+            (None, None, Some(provider)) => {
+                let description = format!("vapi {}", provider.call_url());
+                (Arc::new(provider), description)
+            }
+            (None, None, None) => {
                 let simulation = SimulationConfig::default().with_seed(rand::random());
                 (
                     Arc::new(SimulatedProvider::new(simulation)),
@@ -378,6 +390,10 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             .with_retell_webhook_key(config.retell.as_ref().map(|retell| {
                 crate::platforms::retell::RetellWebhookKey::new(retell.api_key.clone())
             }));
+    if let Some(vapi) = &config.vapi {
+        announce_vapi_webhook(&vapi.webhook, &public_base_url);
+        state = state.with_vapi_webhook(vapi.webhook.clone());
+    }
     if let Some(handle) = crate::metrics::prometheus_recorder() {
         state = state.with_metrics(handle);
     }
@@ -476,6 +492,31 @@ fn warn_about_exposure(config: &Config, local_addr: SocketAddr, public_base_url:
                  cannot tell them from forgeries. Set CALLBACK_SECRET (whsec_<base64>)"
             ),
         }
+    }
+}
+
+/// Says where Vapi must send its server messages, and warns loudly when
+/// they are accepted without authentication.
+fn announce_vapi_webhook(
+    auth: &crate::platforms::vapi::webhook::VapiWebhookAuth,
+    public_base_url: &Url,
+) {
+    use crate::platforms::vapi::webhook::VapiWebhookAuth;
+    let server_url = format!(
+        "{}/callbacks/vapi",
+        public_base_url.as_str().trim_end_matches('/')
+    );
+    let credential = match auth {
+        VapiWebhookAuth::Hmac(_) => "an HMAC credential (sha256, default headers and payload format) with VAPI_WEBHOOK_SECRET",
+        VapiWebhookAuth::Bearer(_) => "a Bearer Token credential with VAPI_WEBHOOK_SECRET",
+        VapiWebhookAuth::Unverified => "no credential",
+    };
+    tracing::info!(server_url, credential, "set this as Vapi's Server URL (assistant, phone number or organization) with the credential named");
+    if matches!(auth, VapiWebhookAuth::Unverified) {
+        tracing::warn!(
+            server_url,
+            "VAPI_WEBHOOK_INSECURE=true: Vapi webhooks are accepted WITHOUT authentication; anyone who can reach this URL can settle calls. Set VAPI_WEBHOOK_SECRET before exposing it"
+        );
     }
 }
 

@@ -38,6 +38,12 @@
 //! | `RETELL_API_KEY` | `--retell-api-key` | none; required with `PROVIDER=retell` | Retell API key: sent as `Authorization: Bearer`, and the key that verifies `x-retell-signature` on `POST /callbacks/retell` |
 //! | `RETELL_BASE_URL` | `--retell-base-url` | `https://api.retellai.com` | Retell's API, overridable for tests and the mock provider |
 //! | `RETELL_FROM_NUMBER` | `--retell-from-number` | none; required with `PROVIDER=retell` | the number Retell calls from (E.164, bought from or imported to Retell) |
+//! | `VAPI_API_KEY` | `--vapi-api-key` | none (required with `PROVIDER=vapi`) | Vapi private API key, sent as `Authorization: Bearer` |
+//! | `VAPI_BASE_URL` | `--vapi-base-url` | `https://api.vapi.ai` | Vapi's API, `http://` or `https://` (a stand-in in tests) |
+//! | `VAPI_PHONE_NUMBER_ID` | `--vapi-phone-number-id` | none (required with `PROVIDER=vapi`) | the Vapi phone number calls are placed from |
+//! | `VAPI_WEBHOOK_AUTH` | `--vapi-webhook-auth` | `hmac` | how `POST /callbacks/vapi` is authenticated: `hmac` (Vapi's HMAC credential with its defaults) or `bearer` (`Authorization: Bearer` or `X-Vapi-Secret`) |
+//! | `VAPI_WEBHOOK_SECRET` | `--vapi-webhook-secret` | none | the secret of that credential, at least 16 visible ASCII characters; required with `PROVIDER=vapi` unless `VAPI_WEBHOOK_INSECURE=true` |
+//! | `VAPI_WEBHOOK_INSECURE` | `--vapi-webhook-insecure` | `false` | `true` accepts unauthenticated Vapi webhooks (development only; anyone reaching the route can settle calls) |
 //! | `LOG_FORMAT` | `--log-format` | `text` | `text` or `json` |
 //! | `RUST_LOG` | | `info` | log filter (tracing-subscriber `EnvFilter`) |
 //!
@@ -77,6 +83,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::{ApiKeyError, ApiKeys};
 use crate::egress::Targets;
+use crate::platforms::vapi::webhook::{VapiSecret, VapiWebhookAuth};
+use crate::platforms::vapi::VapiConfig;
 use crate::provider::ApiKey;
 use crate::server::connections::{default_max_connections, ServeOptions};
 use crate::signature::WebhookSecret;
@@ -144,7 +152,7 @@ pub enum ProviderKind {
     /// provider without a base URL.
     #[default]
     Generic,
-    /// Vapi.
+    /// Vapi (`VAPI_*`).
     Vapi,
     /// Retell AI (`RETELL_*`).
     Retell,
@@ -281,6 +289,34 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// Vapi private API key.
+    #[arg(long, env = "VAPI_API_KEY", global = true, hide_env_values = true, value_parser = secret::<ApiKey>())]
+    pub vapi_api_key: Option<ApiKey>,
+    /// Vapi's API base URL.
+    #[arg(long, env = "VAPI_BASE_URL", default_value = crate::platforms::vapi::DEFAULT_BASE_URL, value_parser = http_url, global = true)]
+    pub vapi_base_url: Url,
+    /// The Vapi phone number id calls are placed from.
+    #[arg(long, env = "VAPI_PHONE_NUMBER_ID", value_parser = NonEmptyStringValueParser::new(), global = true)]
+    pub vapi_phone_number_id: Option<String>,
+    /// How Vapi's webhooks are authenticated.
+    #[arg(long, env = "VAPI_WEBHOOK_AUTH", value_enum, default_value_t = VapiAuthKind::Hmac, ignore_case = true, global = true)]
+    pub vapi_webhook_auth: VapiAuthKind,
+    /// The secret of Vapi's HMAC or bearer credential.
+    #[arg(long, env = "VAPI_WEBHOOK_SECRET", global = true, hide_env_values = true, value_parser = secret::<VapiSecret>())]
+    pub vapi_webhook_secret: Option<VapiSecret>,
+    /// Accept unauthenticated Vapi webhooks (development only).
+    #[arg(long, env = "VAPI_WEBHOOK_INSECURE", default_value = "false", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), global = true)]
+    pub vapi_webhook_insecure: bool,
+}
+
+/// How Vapi's webhooks are authenticated (`VAPI_WEBHOOK_AUTH`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum VapiAuthKind {
+    /// Vapi's HMAC credential, default headers and payload format.
+    #[default]
+    Hmac,
+    /// Vapi's bearer-token credential.
+    Bearer,
 }
 
 /// Parses the command line and the environment into `P`, exiting with
@@ -595,14 +631,62 @@ pub enum ConfigError {
         /// The variable to set.
         missing: &'static str,
     },
-    /// `PROVIDER` names a platform this build has no adapter for.
-    #[error("PROVIDER={0} is not available in this build")]
-    ProviderUnavailable(&'static str),
 }
 
 /// `RETELL_FROM_NUMBER`: a valid phone number, kept in E.164.
 fn phone_number(raw: &str) -> Result<PhoneNumber, String> {
     PhoneNumber::parse(raw.trim()).map_err(|error| error.to_string())
+}
+
+/// Vapi, when it is the provider (`PROVIDER=vapi`).
+#[derive(Clone, Debug)]
+pub struct VapiSettings {
+    /// How to reach Vapi's API.
+    pub api: VapiConfig,
+    /// How its webhooks are authenticated.
+    pub webhook: VapiWebhookAuth,
+}
+
+impl VapiSettings {
+    /// The Vapi settings in `settings`.
+    ///
+    /// # Errors
+    /// [`ConfigError::ProviderSettingMissing`] naming the first one missing.
+    fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let missing = |missing| ConfigError::ProviderSettingMissing {
+            provider: "vapi",
+            missing,
+        };
+        let api_key = settings
+            .vapi_api_key
+            .clone()
+            .ok_or_else(|| missing("VAPI_API_KEY"))?;
+        let phone_number_id = settings
+            .vapi_phone_number_id
+            .clone()
+            .ok_or_else(|| missing("VAPI_PHONE_NUMBER_ID"))?;
+        // Without a secret anyone who finds the route can settle calls:
+        // refused unless asked for explicitly.
+        let webhook = match (&settings.vapi_webhook_secret, settings.vapi_webhook_auth) {
+            (Some(secret), VapiAuthKind::Hmac) => VapiWebhookAuth::Hmac(secret.clone()),
+            (Some(secret), VapiAuthKind::Bearer) => VapiWebhookAuth::Bearer(secret.clone()),
+            (None, _) if settings.vapi_webhook_insecure => VapiWebhookAuth::Unverified,
+            (None, _) => {
+                return Err(missing(
+                    "VAPI_WEBHOOK_SECRET (or VAPI_WEBHOOK_INSECURE=true to accept unauthenticated webhooks)",
+                ))
+            }
+        };
+        Ok(Self {
+            api: VapiConfig {
+                base_url: settings.vapi_base_url.clone(),
+                api_key,
+                phone_number_id,
+                timeout: Duration::from_millis(settings.provider_timeout_ms.get()),
+            },
+            webhook,
+        })
+    }
 }
 
 /// Where the provider is, when it is a real one.
@@ -639,6 +723,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The real provider; `None` for the simulated one.
     pub provider: Option<ProviderSettings>,
+    /// Vapi, with `PROVIDER=vapi` (then `provider` is `None`).
+    pub vapi: Option<VapiSettings>,
     /// `PUBLIC_BASE_URL`; `None` for `http://127.0.0.1:{bound port}`.
     pub public_base_url: Option<Url>,
     /// `WEBHOOK_SECRET`.
@@ -671,6 +757,7 @@ impl Default for Config {
             },
             engine: EngineConfig::default(),
             provider: None,
+            vapi: None,
             public_base_url: None,
             webhook_secret: None,
             callback_secret: None,
@@ -694,6 +781,11 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the variables (or the file) at fault.
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+        let vapi = match settings.provider {
+            ProviderKind::Generic => None,
+            ProviderKind::Vapi => Some(VapiSettings::from_settings(&settings)?),
+            ProviderKind::Retell => None,
+        };
         let retry = RetryPolicy::new(
             settings.base_retry_seconds,
             settings.max_retry_seconds,
@@ -767,7 +859,8 @@ impl Config {
                 };
                 (None, Some(retell))
             }
-            ProviderKind::Vapi => return Err(ConfigError::ProviderUnavailable("vapi")),
+            // `vapi`, read above.
+            ProviderKind::Vapi => (None, None),
         };
         let api_keys = match &settings.api_keys_file {
             None => settings.api_keys,
@@ -813,6 +906,7 @@ impl Config {
             },
             engine,
             provider,
+            vapi,
             public_base_url: settings.public_base_url,
             webhook_secret: settings.webhook_secret,
             callback_secret: settings.callback_secret,
@@ -1369,5 +1463,62 @@ mod tests {
             .find(|arg| arg.get_id() == "port")
             .unwrap();
         assert_eq!(port.get_env(), Some(OsStr::new("PORT")));
+    }
+
+    #[test]
+    fn vapi_needs_its_key_its_number_and_a_webhook_secret() {
+        let base = [
+            "--provider",
+            "vapi",
+            "--vapi-api-key",
+            "vapi-private-key",
+            "--vapi-phone-number-id",
+            "pn-1",
+        ];
+        let missing = |args: &[&str]| match parse(args) {
+            Err(Refused::Config(ConfigError::ProviderSettingMissing { missing, .. })) => missing,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert_eq!(missing(&["--provider", "vapi"]), "VAPI_API_KEY");
+        assert_eq!(missing(&base[..4]), "VAPI_PHONE_NUMBER_ID");
+        assert!(missing(&base).starts_with("VAPI_WEBHOOK_SECRET"));
+        let insecure = parse(&[&base[..], &["--vapi-webhook-insecure", "true"]].concat()).unwrap();
+        let vapi = insecure.vapi.unwrap();
+        assert!(matches!(vapi.webhook, VapiWebhookAuth::Unverified));
+        assert_eq!(vapi.api.base_url.as_str(), "https://api.vapi.ai/");
+        let signed = parse(
+            &[
+                &base[..],
+                &[
+                    "--vapi-webhook-secret",
+                    "0123456789abcdef",
+                    "--vapi-webhook-auth",
+                    "bearer",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert!(matches!(
+            signed.vapi.unwrap().webhook,
+            VapiWebhookAuth::Bearer(_)
+        ));
+        assert!(signed.provider.is_none());
+    }
+
+    #[test]
+    fn each_provider_reads_only_its_own_settings() {
+        let generic = parse(&[]).unwrap();
+        assert!(generic.vapi.is_none() && generic.retell.is_none());
+        let retell = parse(&[
+            "--provider",
+            "retell",
+            "--retell-api-key",
+            "key_0123456789",
+            "--retell-from-number",
+            "+14155550100",
+        ])
+        .unwrap();
+        assert!(retell.retell.is_some() && retell.vapi.is_none() && retell.provider.is_none());
     }
 }

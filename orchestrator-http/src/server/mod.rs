@@ -11,12 +11,14 @@
 //!   ([`ServeOptions`]); [`migrate`] applies the PostgreSQL migrations.
 //! - [`mock_provider`]: a stand-alone mock of the AI-call provider;
 //!   [`mock_retell`]: its Retell dialect.
+//!   [`mock_vapi`]: its Vapi dialect.
 
 mod app;
 pub mod config;
 mod connections;
 pub mod mock_provider;
 pub mod mock_retell;
+pub mod mock_vapi;
 
 pub use app::{migrate, serve, shutdown_signal, start, AppError, Running};
 pub use config::Config;

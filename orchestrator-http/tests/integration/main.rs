@@ -22,4 +22,5 @@ mod serving;
 mod support;
 #[cfg(feature = "server")]
 mod tour;
+mod vapi;
 mod webhook;
