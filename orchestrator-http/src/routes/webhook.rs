@@ -59,7 +59,21 @@ impl TryFrom<CallStatusWebhook> for StatusReport {
                     false
                 }
             });
-        let status = webhook.status.required("status", &mut errors);
+        // The generic contract carries four statuses; the other dispositions
+        // are for platform adapters, which map their own vocabularies.
+        let status = webhook
+            .status
+            .required("status", &mut errors)
+            .filter(|status| {
+                let generic = ReportedStatus::GENERIC.contains(status);
+                if !generic {
+                    errors.push(FieldError::new(
+                        "status",
+                        "must be one of COMPLETED, FAILED, BUSY, NO_ANSWER",
+                    ));
+                }
+                generic
+            });
         let duration_sec = webhook.duration_sec.optional("durationSec", &mut errors);
         let completed_at = webhook.completed_at.optional("completedAt", &mut errors);
         match (provider_call_id, status) {

@@ -21,7 +21,7 @@
 //! | `STALE_INPROG_SECONDS` | `--stale-inprog-seconds` | `900` | IN_PROGRESS this long without a webhook is a failed attempt |
 //! | `PENDING_TTL_SECONDS` | `--pending-ttl-seconds` | none | calls without `expiresAt` expire this long after creation |
 //! | `RETENTION_SECONDS` | `--retention-seconds` | none: keep every call | terminal calls that ended longer ago are deleted, in small batches every few seconds |
-//! | `REDIAL_ON` | `--redial-on` | none | webhook outcomes re-dialled with back-off instead of failing the call: `BUSY`, `NO_ANSWER` or `BUSY,NO_ANSWER` |
+//! | `REDIAL_ON` | `--redial-on` | none | webhook outcomes re-dialled with back-off instead of failing the call: any of `BUSY`, `NO_ANSWER`, `VOICEMAIL` (platform adapters), comma-separated |
 //! | `PROVIDER_BASE_URL` | `--provider-base-url` | none: simulated provider | the AI-call provider, `http://` or `https://` |
 //! | `PROVIDER_API_KEY` | `--provider-api-key` | none | sent as `Authorization: Bearer`; visible ASCII |
 //! | `PROVIDER_TIMEOUT_MS` | `--provider-timeout-ms` | `10000` | bound on one dial request, milliseconds, at least 1 |
@@ -143,6 +143,9 @@ pub enum Redial {
     /// Nobody answered.
     #[value(name = "NO_ANSWER")]
     NoAnswer,
+    /// An answering machine took the call (reported by platform adapters).
+    #[value(name = "VOICEMAIL")]
+    Voicemail,
 }
 
 /// Which provider API dials calls (`PROVIDER`).
@@ -827,7 +830,8 @@ impl Config {
             .with_redial(
                 RedialPolicy::default()
                     .with_busy(settings.redial_on.contains(&Redial::Busy))
-                    .with_no_answer(settings.redial_on.contains(&Redial::NoAnswer)),
+                    .with_no_answer(settings.redial_on.contains(&Redial::NoAnswer))
+                    .with_voicemail(settings.redial_on.contains(&Redial::Voicemail)),
             )
             .with_default_callback_url(settings.callback_url)
             .with_callback_retry(callback_retry)
@@ -1333,6 +1337,11 @@ mod tests {
             RedialPolicy::default()
                 .with_busy(true)
                 .with_no_answer(false)
+        );
+        let voicemail = parse(&["--redial-on", "VOICEMAIL"]).unwrap();
+        assert_eq!(
+            voicemail.engine.redial,
+            RedialPolicy::default().with_voicemail(true)
         );
     }
 

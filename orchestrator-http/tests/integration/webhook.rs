@@ -105,6 +105,17 @@ async fn malformed_webhooks_are_400_and_change_nothing() {
             json!({"callId": provider_id, "status": "completed"}),
             vec!["status"],
         ),
+        // Dispositions of platform adapters are not part of the generic contract.
+        (
+            String::new(),
+            json!({"callId": provider_id, "status": "VOICEMAIL"}),
+            vec!["status"],
+        ),
+        (
+            String::new(),
+            json!({"callId": provider_id, "status": "ACCOUNT_ERROR"}),
+            vec!["status"],
+        ),
         (
             String::new(),
             json!({"callId": provider_id}),
