@@ -57,12 +57,10 @@ const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 /// Numbers the oldest unsequenced rows after the position, and moves the
 /// position; returns how many rows it numbered.
 const NUMBER: &str = "\
-    WITH position AS ( \
-        SELECT last_id FROM call_event_position \
-    ), batch AS ( \
-        SELECT seq, position.last_id + row_number() OVER (ORDER BY seq) AS id \
-        FROM (SELECT seq FROM call_events WHERE id IS NULL ORDER BY seq LIMIT $1) AS waiting, \
-             position \
+    WITH batch AS ( \
+        SELECT seq, (SELECT last_id FROM call_event_position) \
+                    + row_number() OVER (ORDER BY seq) AS id \
+        FROM (SELECT seq FROM call_events WHERE id IS NULL ORDER BY seq LIMIT $1) AS waiting \
     ), numbered AS ( \
         UPDATE call_events SET id = batch.id FROM batch WHERE call_events.seq = batch.seq \
         RETURNING batch.id \
@@ -73,6 +71,13 @@ const NUMBER: &str = "\
     SELECT count(*) FROM numbered";
 
 const NOTIFY: &str = "SELECT pg_notify($1, '')";
+
+/// For this transaction only: index lookups, no JIT compilation.
+const PLAN: [&str; 3] = [
+    "SET LOCAL enable_hashjoin = off",
+    "SET LOCAL enable_mergejoin = off",
+    "SET LOCAL jit = off",
+];
 
 /// The sequencer's shared state: what local writers tell it, and what it
 /// has done.
@@ -154,6 +159,13 @@ pub(crate) async fn run(
 /// One pass; returns how many events it numbered.
 pub(crate) async fn pass(pool: &PgPool, lock: LockKey, channel: &str) -> Result<u64, PgError> {
     let mut tx = pool.begin().await?;
+    // A pass touches at most BATCH rows, through the primary key. Left to
+    // itself, the planner may hash-join the batch against a scan of the
+    // whole log, or JIT-compile the statement: either makes a pass cost
+    // the log's size, or hundreds of milliseconds.
+    for setting in PLAN {
+        sqlx::query(setting).execute(&mut *tx).await?;
+    }
     sqlx::query(LOCK)
         .bind(lock.0)
         .bind(lock.1)
