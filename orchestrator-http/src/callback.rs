@@ -56,18 +56,11 @@ impl HttpCallbackSender {
         secret: Option<WebhookSecret>,
         targets: Targets,
     ) -> Result<Self, reqwest::Error> {
-        let mut client = reqwest::Client::builder();
+        let mut client = crate::provider::outbound_client(timeout);
         if targets == Targets::PublicOnly {
             client = client.dns_resolver(std::sync::Arc::new(egress::PublicOnly));
         }
-        let client = client
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            // A redirected POST may turn into a GET, or leave for another
-            // host with our signature: a moved receiver is for its owner to fix.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let client = client.build()?;
         Ok(Self {
             client,
             secret,

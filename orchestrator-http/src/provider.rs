@@ -153,13 +153,7 @@ impl HttpProvider {
             Some(key) => Some(key.bearer().ok_or(HttpProviderError::BadApiKey)?),
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            // A redirected POST may silently turn into a GET; a moved
-            // provider is a configuration problem to surface, not follow.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
+        let client = outbound_client(config.timeout)
             .build()
             .map_err(HttpProviderError::Client)?;
         Ok(Self {
@@ -359,6 +353,19 @@ impl Provider for HttpProvider {
             })
         }
     }
+}
+
+/// The HTTP client set-up every outbound request shares (provider APIs,
+/// client callbacks): each request bounded by `timeout`, connection to
+/// last byte; redirects not followed (a redirected POST may turn into a
+/// GET, or carry our credentials to another host: a moved endpoint is a
+/// configuration problem to surface); our user agent.
+pub(crate) fn outbound_client(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
 }
 
 #[cfg(test)]

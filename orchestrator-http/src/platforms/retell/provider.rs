@@ -136,11 +136,7 @@ impl RetellProvider {
             return Err(RetellError::ZeroTimeout);
         }
         let authorization = config.api_key.bearer().ok_or(RetellError::BadApiKey)?;
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
+        let client = crate::provider::outbound_client(config.timeout)
             .build()
             .map_err(RetellError::Client)?;
         Ok(Self {

@@ -145,13 +145,7 @@ impl VapiProvider {
             return Err(VapiConfigError::NoPhoneNumberId);
         }
         let authorization = config.api_key.bearer().ok_or(VapiConfigError::BadApiKey)?;
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            // A redirected POST may turn into a GET; a moved API is a
-            // configuration problem to surface, not to follow.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("call-orchestrator/", env!("CARGO_PKG_VERSION")))
+        let client = crate::provider::outbound_client(config.timeout)
             .build()
             .map_err(VapiConfigError::Client)?;
         Ok(Self {
