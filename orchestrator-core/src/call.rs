@@ -93,6 +93,19 @@ impl CallStatus {
         }
     }
 
+    /// The status's position in [`CallStatus::ALL`], for tables indexed by status.
+    #[must_use]
+    pub const fn index(self) -> usize {
+        match self {
+            CallStatus::Pending => 0,
+            CallStatus::InProgress => 1,
+            CallStatus::Completed => 2,
+            CallStatus::Failed => 3,
+            CallStatus::Expired => 4,
+            CallStatus::Canceled => 5,
+        }
+    }
+
     /// Whether nothing may change a call in this status any more.
     #[must_use]
     pub fn is_terminal(self) -> bool {

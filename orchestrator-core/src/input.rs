@@ -12,7 +12,7 @@ use std::io;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-use crate::validate::Invalid;
+use crate::validate::{check_text, Invalid};
 
 /// Identifier of the call script / flow at the provider, e.g. `"welcomeFlow"`.
 ///
@@ -35,21 +35,7 @@ impl ScriptId {
     /// longer than [`ScriptId::MAX_CHARS`] characters, or holds a control character.
     pub fn parse(raw: impl Into<String>) -> Result<Self, Invalid> {
         let raw = raw.into();
-        if raw.trim().is_empty() {
-            return Err(Invalid::new(Self::FIELD, "must not be empty"));
-        }
-        if raw.chars().count() > Self::MAX_CHARS {
-            return Err(Invalid::new(
-                Self::FIELD,
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(Invalid::new(
-                Self::FIELD,
-                "must not contain control characters",
-            ));
-        }
+        check_text(Self::FIELD, &raw, Self::MAX_CHARS)?;
         Ok(Self(raw))
     }
 

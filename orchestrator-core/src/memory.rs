@@ -147,13 +147,6 @@ impl Default for State {
     }
 }
 
-fn slot(status: CallStatus) -> usize {
-    CallStatus::ALL
-        .iter()
-        .position(|s| *s == status)
-        .unwrap_or_default()
-}
-
 impl State {
     /// Replaces a call, keeping every index true.
     fn put(&mut self, call: Call) {
@@ -166,7 +159,7 @@ impl State {
             .entry(call.payload.to.clone())
             .or_default()
             .insert(key);
-        self.by_status[slot(call.status)].insert(key);
+        self.by_status[call.status.index()].insert(key);
         match call.status {
             CallStatus::Pending => {
                 self.pending_due.insert((call.due_at(), call.id));
@@ -206,7 +199,7 @@ impl State {
                 self.by_number.remove(&old.payload.to);
             }
         }
-        self.by_status[slot(old.status)].remove(&key);
+        self.by_status[old.status.index()].remove(&key);
         self.pending_due.remove(&(old.due_at(), old.id));
         if let Some(at) = old.expires_at {
             self.pending_expiry.remove(&(at, old.id));
@@ -422,7 +415,7 @@ impl State {
     }
 
     fn in_progress(&self) -> usize {
-        self.by_status[slot(CallStatus::InProgress)].len()
+        self.by_status[CallStatus::InProgress.index()].len()
     }
 }
 
@@ -596,7 +589,7 @@ impl Store for MemoryStore {
         let empty = BTreeSet::new();
         let index = match (&filter.to, filter.status) {
             (Some(to), _) => state.by_number.get(to).unwrap_or(&empty),
-            (None, Some(status)) => &state.by_status[slot(status)],
+            (None, Some(status)) => &state.by_status[status.index()],
             (None, None) => &state.all,
         };
         let only_index = filter.to.is_none()
@@ -627,48 +620,42 @@ impl Store for MemoryStore {
         let state = self.lock();
         let mut counts = StatusCounts::default();
         for status in CallStatus::ALL {
-            counts.set(status, state.by_status[slot(status)].len() as u64);
+            counts.set(status, state.by_status[status.index()].len() as u64);
         }
         Ok(counts)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        let mut state = self.lock();
-        let free = (request.max_in_flight as usize).saturating_sub(state.in_progress());
-        let want = free.min(request.limit as usize);
-        if want == 0 {
-            return Ok(Vec::new());
-        }
-        let now = request.now;
-        state.promote(now);
-        let chosen = state.claimable(now, want);
-        let lease_until = clock::add(now, request.lease);
-        let before = state.last_event;
-        let claimed: Result<Vec<Call>, StoreError> = chosen
-            .into_iter()
-            .map(|id| {
-                let call = state.apply(
-                    id,
-                    CallEvent::Claim {
-                        at: now,
-                        lease_until,
-                    },
-                    now,
-                )?;
-                state
-                    .attempts_of
-                    .entry(id)
-                    .or_default()
-                    .push(Attempt::started(call.attempts, now));
-                Ok(call)
-            })
-            .collect();
-        let appended = state.last_event != before;
-        drop(state);
-        if appended {
-            self.events.send_modify(|generation| *generation += 1);
-        }
-        claimed
+        self.logged(|state| {
+            let free = (request.max_in_flight as usize).saturating_sub(state.in_progress());
+            let want = free.min(request.limit as usize);
+            if want == 0 {
+                return Ok(Vec::new());
+            }
+            let now = request.now;
+            state.promote(now);
+            let chosen = state.claimable(now, want);
+            let lease_until = clock::add(now, request.lease);
+            chosen
+                .into_iter()
+                .map(|id| {
+                    let call = state.apply(
+                        id,
+                        CallEvent::Claim {
+                            at: now,
+                            lease_until,
+                        },
+                        now,
+                    )?;
+                    state
+                        .attempts_of
+                        .entry(id)
+                        .or_default()
+                        .push(Attempt::started(call.attempts, now));
+                    Ok(call)
+                })
+                .collect()
+        })
     }
 
     async fn record_dial(

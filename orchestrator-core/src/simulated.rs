@@ -92,17 +92,8 @@ impl OutcomeMix {
     /// The weight of `status`.
     #[must_use]
     pub fn weight(&self, status: ReportedStatus) -> u32 {
-        match status {
-            ReportedStatus::Completed => self.completed,
-            ReportedStatus::Failed => self.failed,
-            ReportedStatus::Busy => self.busy,
-            ReportedStatus::NoAnswer => self.no_answer,
-            ReportedStatus::Voicemail => self.voicemail,
-            ReportedStatus::Transient => self.transient,
-            ReportedStatus::BadNumber => self.bad_number,
-            ReportedStatus::AccountError => self.account_error,
-            ReportedStatus::Capacity => self.capacity,
-        }
+        let mut mix = *self;
+        *mix.slot(status)
     }
 
     fn slot(&mut self, status: ReportedStatus) -> &mut u32 {
@@ -121,19 +112,20 @@ impl OutcomeMix {
 
     /// Draws one outcome with these weights; `COMPLETED` when every weight is 0.
     pub fn pick(&self, rng: &mut impl Rng) -> ReportedStatus {
+        // The generic four first, so mixes without the others draw exactly
+        // as before they existed.
         let weighted = [
-            (self.completed, ReportedStatus::Completed),
-            (self.failed, ReportedStatus::Failed),
-            (self.busy, ReportedStatus::Busy),
-            (self.no_answer, ReportedStatus::NoAnswer),
-            // Appended after the generic four, so mixes without them draw
-            // exactly as before.
-            (self.voicemail, ReportedStatus::Voicemail),
-            (self.transient, ReportedStatus::Transient),
-            (self.bad_number, ReportedStatus::BadNumber),
-            (self.account_error, ReportedStatus::AccountError),
-            (self.capacity, ReportedStatus::Capacity),
-        ];
+            ReportedStatus::Completed,
+            ReportedStatus::Failed,
+            ReportedStatus::Busy,
+            ReportedStatus::NoAnswer,
+            ReportedStatus::Voicemail,
+            ReportedStatus::Transient,
+            ReportedStatus::BadNumber,
+            ReportedStatus::AccountError,
+            ReportedStatus::Capacity,
+        ]
+        .map(|status| (self.weight(status), status));
         let total: u32 = weighted.iter().map(|(weight, _)| weight).sum();
         if total == 0 {
             return ReportedStatus::Completed;
@@ -648,12 +640,7 @@ mod tests {
     use crate::call::CallId;
     use crate::phone::PhoneNumber;
 
-    const ALL_REPORTED: [ReportedStatus; 4] = [
-        ReportedStatus::Completed,
-        ReportedStatus::Failed,
-        ReportedStatus::Busy,
-        ReportedStatus::NoAnswer,
-    ];
+    const ALL_REPORTED: [ReportedStatus; 4] = ReportedStatus::GENERIC;
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)

@@ -229,29 +229,18 @@ impl StatusCounts {
     /// The count for `status`.
     #[must_use]
     pub fn get(&self, status: CallStatus) -> u64 {
-        self.counts[Self::index(status)]
+        self.counts[status.index()]
     }
 
     /// Sets the count for `status`.
     pub fn set(&mut self, status: CallStatus, count: u64) {
-        self.counts[Self::index(status)] = count;
+        self.counts[status.index()] = count;
     }
 
     /// All calls.
     #[must_use]
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
-    }
-
-    fn index(status: CallStatus) -> usize {
-        match status {
-            CallStatus::Pending => 0,
-            CallStatus::InProgress => 1,
-            CallStatus::Completed => 2,
-            CallStatus::Failed => 3,
-            CallStatus::Expired => 4,
-            CallStatus::Canceled => 5,
-        }
     }
 }
 

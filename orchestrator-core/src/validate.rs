@@ -38,16 +38,22 @@ impl Invalid {
 /// # Errors
 /// [`Invalid`] naming `expiresAt`.
 pub fn validate_new_call(new: &NewCall, now: DateTime<Utc>) -> Result<(), Invalid> {
-    let Some(expires_at) = new.expires_at else {
-        return Ok(());
-    };
+    match new.expires_at {
+        Some(expires_at) => check_expiry(expires_at, new.not_before, now),
+        None => Ok(()),
+    }
+}
+
+/// The rule on a given `expiresAt`: after `now` and after `notBefore`.
+fn check_expiry(
+    expires_at: DateTime<Utc>,
+    not_before: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(), Invalid> {
     if expires_at <= now {
         return Err(Invalid::new("expiresAt", "must be in the future"));
     }
-    if new
-        .not_before
-        .is_some_and(|not_before| expires_at <= not_before)
-    {
+    if not_before.is_some_and(|not_before| expires_at <= not_before) {
         return Err(Invalid::new("expiresAt", "must be after notBefore"));
     }
     Ok(())
@@ -69,15 +75,7 @@ pub fn validate_schedule(
         return Ok(());
     };
     if patch.expires_at.is_some() {
-        if expires_at <= now {
-            return Err(Invalid::new("expiresAt", "must be in the future"));
-        }
-        if next
-            .not_before
-            .is_some_and(|not_before| expires_at <= not_before)
-        {
-            return Err(Invalid::new("expiresAt", "must be after notBefore"));
-        }
+        check_expiry(expires_at, next.not_before, now)?;
     } else if patch.not_before.is_some()
         && next
             .not_before
@@ -95,20 +93,24 @@ pub fn validate_schedule(
 /// # Errors
 /// [`Invalid`] naming `callId`.
 pub fn validate_provider_call_id(id: &str) -> Result<(), Invalid> {
-    if id.trim().is_empty() {
-        return Err(Invalid::new("callId", "must not be empty"));
+    check_text("callId", id, MAX_PROVIDER_CALL_ID_CHARS)
+}
+
+/// The rule of a free-text value (a script id, a provider call id, a cancel
+/// reason): not blank, at most `max_chars` characters (Unicode scalar
+/// values), no control characters.
+pub(crate) fn check_text(field: &'static str, raw: &str, max_chars: usize) -> Result<(), Invalid> {
+    if raw.trim().is_empty() {
+        return Err(Invalid::new(field, "must not be empty"));
     }
-    if id.chars().count() > MAX_PROVIDER_CALL_ID_CHARS {
+    if raw.chars().count() > max_chars {
         return Err(Invalid::new(
-            "callId",
-            format!("must be at most {MAX_PROVIDER_CALL_ID_CHARS} characters"),
+            field,
+            format!("must be at most {max_chars} characters"),
         ));
     }
-    if id.chars().any(char::is_control) {
-        return Err(Invalid::new(
-            "callId",
-            "must not contain control characters",
-        ));
+    if raw.chars().any(char::is_control) {
+        return Err(Invalid::new(field, "must not contain control characters"));
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::input::IdempotencyKey;
 use crate::provider::HangUpError;
 use crate::state::{TransitionError, DEFAULT_CANCEL_REASON};
 use crate::store::{Canceled, Created};
-use crate::validate::Invalid;
+use crate::validate::{check_text, Invalid};
 
 /// Longest cancel reason, in characters.
 pub const MAX_CANCEL_REASON_CHARS: usize = 500;
@@ -93,21 +93,7 @@ impl Engine {
 
 /// The reason as given, if valid.
 fn check_reason(reason: &str) -> Result<&str, Invalid> {
-    if reason.trim().is_empty() {
-        return Err(Invalid::new("reason", "must not be empty"));
-    }
-    if reason.chars().count() > MAX_CANCEL_REASON_CHARS {
-        return Err(Invalid::new(
-            "reason",
-            format!("must be at most {MAX_CANCEL_REASON_CHARS} characters"),
-        ));
-    }
-    if reason.chars().any(char::is_control) {
-        return Err(Invalid::new(
-            "reason",
-            "must not contain control characters",
-        ));
-    }
+    check_text("reason", reason, MAX_CANCEL_REASON_CHARS)?;
     Ok(reason)
 }
 

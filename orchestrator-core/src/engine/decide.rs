@@ -197,12 +197,7 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    const ALL_REPORTED: [ReportedStatus; 4] = [
-        ReportedStatus::Completed,
-        ReportedStatus::Failed,
-        ReportedStatus::Busy,
-        ReportedStatus::NoAnswer,
-    ];
+    const ALL_REPORTED: [ReportedStatus; 4] = ReportedStatus::GENERIC;
 
     /// The wait after a `CAPACITY` report in these tests.
     const CAPACITY_WAIT: Duration = Duration::from_secs(5);
