@@ -26,6 +26,16 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [AttemptOutcome; 6] = [
+        AttemptOutcome::InProgress,
+        AttemptOutcome::Completed,
+        AttemptOutcome::Failed,
+        AttemptOutcome::Retry,
+        AttemptOutcome::Capacity,
+        AttemptOutcome::Canceled,
+    ];
+
     /// The wire name, e.g. `"IN_PROGRESS"`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -37,6 +47,17 @@ impl AttemptOutcome {
             AttemptOutcome::Capacity => "CAPACITY",
             AttemptOutcome::Canceled => "CANCELED",
         }
+    }
+}
+
+impl std::str::FromStr for AttemptOutcome {
+    type Err = String;
+    /// The outcome named `s` (its wire name); the error repeats `s`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == s)
+            .ok_or_else(|| format!("attempt outcome {s:?}"))
     }
 }
 

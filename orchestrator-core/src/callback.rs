@@ -40,6 +40,13 @@ pub enum CallbackState {
 }
 
 impl CallbackState {
+    /// Every state.
+    pub const ALL: [CallbackState; 3] = [
+        CallbackState::Pending,
+        CallbackState::Delivered,
+        CallbackState::Failed,
+    ];
+
     /// The wire name, e.g. `"DELIVERED"`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -48,6 +55,17 @@ impl CallbackState {
             CallbackState::Delivered => "DELIVERED",
             CallbackState::Failed => "FAILED",
         }
+    }
+}
+
+impl std::str::FromStr for CallbackState {
+    type Err = String;
+    /// The state named `s` (its wire name); the error repeats `s`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("delivery state {s:?}"))
     }
 }
 

@@ -42,12 +42,12 @@ pub(crate) async fn cancel(
     id: CallId,
     reason: &str,
     now: DateTime<Utc>,
-) -> Result<(Canceled, bool), PgError> {
+) -> Result<Canceled, PgError> {
     let now = clock::truncate_to_micros(now);
     let mut tx = pool.begin().await?;
     let call = locked(&mut tx, id).await?;
     if call.status == CallStatus::Canceled {
-        return Ok((Canceled::AlreadyCanceled(call), false));
+        return Ok(Canceled::AlreadyCanceled(call));
     }
     let cancel = CallEvent::Cancel {
         at: now,
@@ -70,10 +70,9 @@ pub(crate) async fn cancel(
             .await?;
         tx.commit().await?;
     }
-    let canceled = if call.status == CallStatus::Pending {
+    Ok(if call.status == CallStatus::Pending {
         Canceled::Canceled(next)
     } else {
         Canceled::Requested(next)
-    };
-    Ok((canceled, event.is_some()))
+    })
 }

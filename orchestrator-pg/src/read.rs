@@ -187,8 +187,9 @@ pub(crate) async fn attempts(
                 provider_call_id: row.provider_call_id,
                 outcome: match row.outcome.as_deref() {
                     None => AttemptOutcome::InProgress,
-                    Some(outcome) => attempt_outcome(outcome)
-                        .ok_or_else(|| corrupt(format!("attempt {attempt} outcome {outcome:?}")))?,
+                    Some(outcome) => outcome
+                        .parse::<AttemptOutcome>()
+                        .map_err(|_| corrupt(format!("attempt {attempt} outcome {outcome:?}")))?,
                 },
                 error: row.last_error,
                 ended_at: row.ended_at,
@@ -196,19 +197,6 @@ pub(crate) async fn attempts(
             })
         })
         .collect()
-}
-
-/// A settled attempt's `outcome` column.
-fn attempt_outcome(outcome: &str) -> Option<AttemptOutcome> {
-    [
-        AttemptOutcome::Completed,
-        AttemptOutcome::Failed,
-        AttemptOutcome::Retry,
-        AttemptOutcome::Capacity,
-        AttemptOutcome::Canceled,
-    ]
-    .into_iter()
-    .find(|known| known.as_str() == outcome)
 }
 
 /// The attempt the provider named `provider_call_id`, if one was recorded.

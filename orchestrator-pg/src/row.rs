@@ -131,7 +131,7 @@ impl TryFrom<CallRow> for Call {
             (None, _) => None,
             (Some(_), None) => Some(CallbackStatus::default()),
             (Some(_), Some(state)) => Some(CallbackStatus {
-                state: callback_state(&state).map_err(corrupt)?,
+                state: state.parse::<CallbackState>().map_err(corrupt)?,
                 attempts: row
                     .callback_attempts
                     .and_then(|attempts| u32::try_from(attempts).ok())
@@ -167,18 +167,6 @@ impl TryFrom<CallRow> for Call {
             callback,
         })
     }
-}
-
-/// A delivery's `state` column.
-pub(crate) fn callback_state(state: &str) -> Result<CallbackState, String> {
-    [
-        CallbackState::Pending,
-        CallbackState::Delivered,
-        CallbackState::Failed,
-    ]
-    .into_iter()
-    .find(|known| known.as_str() == state)
-    .ok_or_else(|| format!("delivery state {state:?}"))
 }
 
 /// `metadata` as the JSON text we store (`None` stays SQL `NULL`).

@@ -52,7 +52,16 @@ pub(crate) const FALLBACK_EVERY: Duration = Duration::from_secs(1);
 /// the read that follows then fails on its own).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
 
-const LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
+/// The plan settings of the pass (for this transaction only: index
+/// lookups, no JIT compilation), then the schema's sequencer lock: one
+/// round trip.
+const LOCK: &str = "SELECT set_config('enable_hashjoin', 'off', true), \
+                           set_config('enable_mergejoin', 'off', true), \
+                           set_config('jit', 'off', true), \
+                           pg_advisory_xact_lock($1, $2)";
+
+/// Whether any committed event waits for its id (the partial index answers).
+const WAITING: &str = "SELECT EXISTS (SELECT 1 FROM call_events WHERE id IS NULL)";
 
 /// Numbers the oldest unsequenced rows after the position, and moves the
 /// position; returns how many rows it numbered.
@@ -71,13 +80,6 @@ const NUMBER: &str = "\
     SELECT count(*) FROM numbered";
 
 const NOTIFY: &str = "SELECT pg_notify($1, '')";
-
-/// For this transaction only: index lookups, no JIT compilation.
-const PLAN: [&str; 3] = [
-    "SET LOCAL enable_hashjoin = off",
-    "SET LOCAL enable_mergejoin = off",
-    "SET LOCAL jit = off",
-];
 
 /// The sequencer's shared state: what local writers tell it, and what it
 /// has done.
@@ -134,13 +136,27 @@ pub(crate) async fn run(
     let mut ticks = tokio::time::interval(FALLBACK_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let ticked = tokio::select! {
             biased;
-            () = sequencer.wake.notified() => {}
-            _ = ticks.tick() => {}
-        }
+            () = sequencer.wake.notified() => false,
+            _ = ticks.tick() => true,
+        };
         let target = sequencer.written.load(Ordering::SeqCst);
-        match pass(&pool, lock, &channel).await {
+        // A fallback tick with nothing waiting needs no pass (nor its lock,
+        // which idle processes would otherwise queue for every second).
+        let idle = ticked
+            && matches!(
+                sqlx::query_scalar::<_, bool>(WAITING)
+                    .fetch_one(&pool)
+                    .await,
+                Ok(false)
+            );
+        let outcome = if idle {
+            Ok(0)
+        } else {
+            pass(&pool, lock, &channel).await
+        };
+        match outcome {
             Ok(numbered) => {
                 if numbered > 0 {
                     bump(&events_readable);
@@ -163,9 +179,6 @@ pub(crate) async fn pass(pool: &PgPool, lock: LockKey, channel: &str) -> Result<
     // itself, the planner may hash-join the batch against a scan of the
     // whole log, or JIT-compile the statement: either makes a pass cost
     // the log's size, or hundreds of milliseconds.
-    for setting in PLAN {
-        sqlx::query(setting).execute(&mut *tx).await?;
-    }
     sqlx::query(LOCK)
         .bind(lock.0)
         .bind(lock.1)

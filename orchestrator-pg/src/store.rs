@@ -334,8 +334,9 @@ impl Store for PgStore {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Canceled, StoreError> {
-        let (canceled, logged) = cancel::cancel(&self.pool, id, reason, now).await?;
-        if logged {
+        let canceled = cancel::cancel(&self.pool, id, reason, now).await?;
+        // Only a PENDING call changes status (and logs `call.canceled`).
+        if matches!(canceled, Canceled::Canceled(_)) {
             self.sequencer.written();
         }
         Ok(canceled)
