@@ -67,12 +67,6 @@ impl HttpCallbackSender {
             targets,
         })
     }
-
-    /// Whether deliveries are signed.
-    #[must_use]
-    pub fn signs(&self) -> bool {
-        self.secret.is_some()
-    }
 }
 
 /// The body of a delivery: `{"type", "timestamp", "data"}`.
@@ -118,8 +112,7 @@ impl CallbackSender for HttpCallbackSender {
             .header(WEBHOOK_ID, &id)
             .header(WEBHOOK_TIMESTAMP, timestamp.to_string());
         if let Some(secret) = &self.secret {
-            let signed = secret.sign_headers(&id, timestamp, &body);
-            request = request.header(WEBHOOK_SIGNATURE, signed.signature);
+            request = request.header(WEBHOOK_SIGNATURE, secret.sign(&id, timestamp, &body));
         }
         let mut response = request
             .body(body)

@@ -27,20 +27,29 @@ use serde_json::error::Category;
 use crate::problem::{ApiError, FieldError};
 use crate::state::AppState;
 
-/// The raw request body, within the configured size limit.
+/// The raw request body, within the route's size limit.
 #[derive(Debug)]
 pub struct RawBody(pub Bytes);
+
+/// The body limit of the route a request is for, in bytes: set by the
+/// router next to the limit layer, so a refusal names the limit that applied.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit(pub(crate) usize);
 
 impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = request
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(state.limits().body_bytes, |limit| limit.0);
         Bytes::from_request(request, state)
             .await
             .map(RawBody)
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(state.limits().body_bytes)
+                    ApiError::PayloadTooLarge(limit)
                 } else {
                     ApiError::MalformedBody(format!(
                         "the request body could not be read: {}",

@@ -352,16 +352,11 @@ impl IntoResponse for ApiError {
         match &self {
             // RFC 9110 section 15.5.2: a 401 carries a challenge. Standard
             // Webhooks has no registered scheme; the token names what is expected.
-            ApiError::Unauthorized(error) => {
-                let challenge =
-                    if error.header() == crate::platforms::retell::webhook::SIGNATURE_HEADER {
-                        "RetellSignature realm=\"retell\""
-                    } else {
-                        "StandardWebhooks realm=\"call-status\""
-                    };
-                response
-                    .headers_mut()
-                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("StandardWebhooks realm=\"call-status\""),
+                );
             }
             ApiError::PlatformUnauthorized { challenge, .. } => {
                 response

@@ -54,7 +54,7 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Most response bytes read from the provider.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Most characters of an error body quoted in `lastError`.
-const MAX_QUOTED_CHARS: usize = 200;
+pub(crate) const MAX_QUOTED_CHARS: usize = 200;
 
 /// A provider API key: one or more visible ASCII characters (no spaces), so
 /// that it can be sent as `Authorization: Bearer {key}`. Held as a secret:

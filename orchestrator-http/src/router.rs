@@ -14,6 +14,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::require_api_key;
+use crate::extract::BodyLimit;
 use crate::problem::{log_server_errors, problem_for_bare_errors, ApiError};
 use crate::routes::{self, Access};
 use crate::state::AppState;
@@ -50,7 +51,9 @@ pub fn router(state: AppState) -> Router {
             // Per operation, so that a platform's webhook may carry more
             // than the API's default; the route's answer to a larger body
             // is the 413 problem document as everywhere else.
-            let route = route.layer(RequestBodyLimitLayer::new(body_bytes));
+            let route: axum::routing::MethodRouter<AppState> =
+                route.layer(RequestBodyLimitLayer::new(body_bytes));
+            let route = route.layer(axum::Extension(BodyLimit(body_bytes)));
             let route = match &keys {
                 Some(keys) if needs_key => route.route_layer(middleware::from_fn_with_state(
                     keys.clone(),

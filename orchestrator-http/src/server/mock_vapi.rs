@@ -65,7 +65,6 @@ struct Inner {
     config: MockVapiConfig,
     rng: StdRng,
     calls: HashMap<String, Value>,
-    created: u64,
 }
 
 /// The Vapi mock. Cheap to clone: clones share state.
@@ -95,7 +94,6 @@ impl MockVapi {
                 rng: StdRng::seed_from_u64(config.seed),
                 config,
                 calls: HashMap::new(),
-                created: 0,
             })),
             client,
         })
@@ -229,7 +227,6 @@ async fn create_call(
         )
             .into_response();
     }
-    inner.created += 1;
     let id = uuid::Uuid::new_v4().to_string();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let call = json!({

@@ -69,15 +69,13 @@ use reqwest::{StatusCode, Url};
 use serde_json::{json, Map, Value};
 
 use super::call::{RetellCall, Stage, METADATA_ATTEMPT, METADATA_CALL_ID};
-use crate::provider::{parse_retry_after, ApiKey};
+use crate::provider::{parse_retry_after, quote, ApiKey};
 
 /// Retell's API, when `RETELL_BASE_URL` is not set.
 pub const DEFAULT_BASE_URL: &str = "https://api.retellai.com";
 /// Most response bytes read from Retell (a call object carries its
 /// transcript once the call has ended).
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-/// Most characters of Retell's message quoted in a reason.
-const MAX_QUOTED_CHARS: usize = 200;
 
 /// How to reach Retell.
 #[derive(Clone, Debug)]
@@ -241,22 +239,13 @@ async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
 /// `error_message`), else the start of the body, on one line and cut.
 fn message(body: &[u8]) -> String {
     let parsed = serde_json::from_slice::<Value>(body).ok();
-    let text = parsed
-        .as_ref()
-        .and_then(|value| {
-            value
-                .get("message")
-                .or_else(|| value.get("error_message"))
-                .and_then(Value::as_str)
-        })
-        .map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_owned);
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_QUOTED_CHARS)
-        .collect()
+    let text = parsed.as_ref().and_then(|value| {
+        value
+            .get("message")
+            .or_else(|| value.get("error_message"))
+            .and_then(Value::as_str)
+    });
+    quote(text.map_or(body, str::as_bytes))
 }
 
 /// `"retell 402: <message>"`, or `"retell 402"` without one.
@@ -486,6 +475,9 @@ mod tests {
             "Trial has ended, please add payment method."
         );
         assert_eq!(message(b"plain text"), "plain text");
-        assert_eq!(message(&[b'x'; 500]).chars().count(), MAX_QUOTED_CHARS);
+        assert_eq!(
+            message(&[b'x'; 500]).chars().count(),
+            crate::provider::MAX_QUOTED_CHARS
+        );
     }
 }

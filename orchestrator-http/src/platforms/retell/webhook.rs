@@ -161,6 +161,16 @@ struct RetellWebhook {
 /// The events that settle a call.
 const SETTLING_EVENTS: [&str; 2] = ["call_ended", "call_analyzed"];
 
+/// A refused signature as the 401 problem of a platform webhook, with
+/// Retell's challenge (RFC 9110 section 15.5.2: a 401 carries one).
+fn unauthorized(error: &SignatureError) -> ApiError {
+    ApiError::PlatformUnauthorized {
+        header: error.header(),
+        message: error.to_string(),
+        challenge: "RetellSignature realm=\"retell\"",
+    }
+}
+
 /// Verifies and settles one Retell webhook; see the module documentation.
 ///
 /// # Errors
@@ -170,15 +180,12 @@ pub async fn callback(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<Value>, ApiError> {
-    let key =
-        state
-            .retell_webhook_key()
-            .ok_or(ApiError::Unauthorized(SignatureError::NoKeyFor(
-                SIGNATURE_HEADER,
-            )))?;
+    let key = state
+        .retell_webhook_key()
+        .ok_or_else(|| unauthorized(&SignatureError::NoKeyFor(SIGNATURE_HEADER)))?;
     let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     key.verify(&headers, &body, now_ms)
-        .map_err(ApiError::Unauthorized)?;
+        .map_err(|error| unauthorized(&error))?;
     let webhook: RetellWebhook = parse_json(&body)?;
     let Some(event) = webhook.event else {
         return Err(ApiError::Invalid(vec![FieldError::new(

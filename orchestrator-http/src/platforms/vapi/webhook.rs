@@ -45,8 +45,6 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -60,7 +58,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::{ended_report, VapiCall};
-use crate::extract::{parse_json, Timestamp};
+use crate::extract::{parse_json, RawBody, Timestamp};
 use crate::problem::{ApiError, FieldError};
 use crate::state::AppState;
 use crate::telemetry::record_call_id;
@@ -71,8 +69,9 @@ type HmacSha256 = Hmac<Sha256>;
 /// transcript, the messages and the analysis of the whole call; an hour of
 /// conversation is a few hundred KiB.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// How far `x-timestamp` may be from now, either way.
-pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// How far `x-timestamp` may be from now, either way: Vapi documents no
+/// tolerance, so ours for Standard Webhooks.
+pub const TOLERANCE: Duration = crate::signature::TOLERANCE;
 /// Vapi's default HMAC signature header (`HMACAuthenticationPlan.signatureHeader`).
 pub const SIGNATURE_HEADER: &str = "x-signature";
 /// Vapi's default HMAC timestamp header (`HMACAuthenticationPlan.timestampHeader`).
@@ -332,7 +331,7 @@ struct TerminalMessage {
 pub async fn callback(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    RawBody(body): RawBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // Without Vapi as the provider no call has a Vapi call id.
     let Some(auth) = state.vapi_webhook() else {
@@ -340,16 +339,6 @@ pub async fn callback(
             "Vapi is not the provider (PROVIDER=vapi), so no call has a Vapi call id".to_owned(),
         ));
     };
-    let body = body.map_err(|rejection| {
-        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(MAX_BODY_BYTES)
-        } else {
-            ApiError::MalformedBody(format!(
-                "the request body could not be read: {}",
-                rejection.body_text()
-            ))
-        }
-    })?;
     auth.verify(&headers, &body, chrono::Utc::now().timestamp_millis())?;
     let envelope: Envelope = parse_json(&body)?;
     let head = envelope
