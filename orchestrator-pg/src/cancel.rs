@@ -47,13 +47,21 @@ pub(crate) async fn cancel(
     let mut tx = pool.begin().await?;
     let call = locked(&mut tx, id).await?;
     if call.status == CallStatus::Canceled {
+        // Ended now, so the row lock goes with it (see `settle`).
+        tx.rollback().await?;
         return Ok(Canceled::AlreadyCanceled(call));
     }
     let cancel = CallEvent::Cancel {
         at: now,
         reason: reason.to_owned(),
     };
-    let next = transition(&call, cancel).map_err(|source| PgError::Conflict { id, source })?;
+    let next = match transition(&call, cancel) {
+        Ok(next) => next,
+        Err(source) => {
+            tx.rollback().await?;
+            return Err(PgError::Conflict { id, source });
+        }
+    };
     let event = EventType::of_change(Some(call.status), next.status);
     if next != call {
         sqlx::query(CANCEL)
@@ -69,6 +77,8 @@ pub(crate) async fn cancel(
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+    } else {
+        tx.rollback().await?;
     }
     Ok(if call.status == CallStatus::Pending {
         Canceled::Canceled(next)

@@ -89,12 +89,20 @@ pub(crate) async fn settle(
     let mut tx = pool.begin().await?;
     let call = locked(&mut tx, id).await?;
     if call.status != CallStatus::InProgress || call.attempts != attempt.attempt {
+        // Ended now, not when the dropped transaction's rollback gets sent:
+        // until then the row stays locked, and a claim would skip the call.
+        tx.rollback().await?;
         return Ok(Settled::Stale(call));
     }
     let dial = history(&settlement, call.cancel_requested_at.is_some());
     let at = settlement.at();
-    let next =
-        transition(&call, settlement.into()).map_err(|source| PgError::Conflict { id, source })?;
+    let next = match transition(&call, settlement.into()) {
+        Ok(next) => next,
+        Err(source) => {
+            tx.rollback().await?;
+            return Err(PgError::Conflict { id, source });
+        }
+    };
     let event = EventType::of_change(Some(call.status), next.status);
     sqlx::query(SETTLE)
         .bind(id.0)

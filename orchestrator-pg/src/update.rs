@@ -30,9 +30,21 @@ pub(crate) async fn update(
 ) -> Result<Call, PgError> {
     let mut tx = pool.begin().await?;
     let call = locked(&mut tx, id).await?;
-    let next = transition(&call, CallEvent::Update(patch.clone()))
-        .map_err(|source| PgError::Conflict { id, source })?;
-    validate_schedule(&next, patch, now).map_err(PgError::Invalid)?;
+    // A refusal ends the transaction now, so the row lock goes with it
+    // (see `settle`).
+    let checked = transition(&call, CallEvent::Update(patch.clone()))
+        .map_err(|source| PgError::Conflict { id, source })
+        .and_then(|next| {
+            validate_schedule(&next, patch, now).map_err(PgError::Invalid)?;
+            Ok(next)
+        });
+    let next = match checked {
+        Ok(next) => next,
+        Err(error) => {
+            tx.rollback().await?;
+            return Err(error);
+        }
+    };
     sqlx::query(UPDATE)
         .bind(id.0)
         .bind(next.payload.to.as_str())
