@@ -90,6 +90,7 @@ pub mod store;
 pub mod testing;
 mod timers;
 mod update;
+mod wake;
 
 pub use listen::LISTENER_APPLICATION_NAME;
 pub use migrate::MIGRATOR;

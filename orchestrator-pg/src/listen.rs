@@ -1,5 +1,5 @@
-//! Cross-process wake-ups: LISTEN on the channel the `calls` triggers NOTIFY
-//! and on the one the event sequencer notifies (one of each per schema: see
+//! Cross-process wake-ups: LISTEN on the channel the stores' wake-up tasks
+//! NOTIFY (`crate::wake`) and on the one the event sequencer notifies (one of each per schema: see
 //! `crate::schema`).
 //!
 //! Every [`crate::PgStore`] runs one listener task on a dedicated connection
@@ -46,8 +46,12 @@ pub(crate) fn listener_pool(pool: &PgPool) -> PgPool {
 /// The channels one store listens on, and the counter each one bumps.
 #[derive(Debug)]
 pub(crate) struct Channels {
-    /// Notified by the `calls` triggers: bumps `changes`.
+    /// Notified by the stores' wake-up tasks (`crate::wake`): bumps
+    /// `changes`, unless the payload is `origin`.
     pub(crate) calls: String,
+    /// This store's payload on `calls`: its own notifications are skipped,
+    /// since the store woke its subscribers in process already.
+    pub(crate) origin: String,
     pub(crate) changes: Arc<watch::Sender<u64>>,
     /// Notified by the event sequencer: bumps `events`.
     pub(crate) events: String,
@@ -101,6 +105,7 @@ pub(crate) async fn run(pool: PgPool, listener: PgListener, channels: Channels) 
                 Ok(Some(notification)) if notification.channel() == channels.events => {
                     bump(&channels.events_readable);
                 }
+                Ok(Some(notification)) if notification.payload() == channels.origin => {}
                 Ok(Some(_)) => bump(&channels.changes),
                 // The connection dropped and sqlx re-established it: anything
                 // notified in between is lost.

@@ -6,7 +6,7 @@
 //! own error; `?` turns that into a [`StoreError`] through the crate's one
 //! mapping. What stays here is what belongs to the store rather than to a
 //! query: the pool, the background tasks (the listener, the counter fold,
-//! the event sequencer), the change counter behind [`Store::subscribe`] and
+//! the event sequencer, the wake-up of other processes), the change counter behind [`Store::subscribe`] and
 //! the event counter behind [`Store::subscribe_events`].
 
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use orchestrator_core::{
 };
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::error::PgError;
@@ -31,7 +31,7 @@ use crate::schema::{Namespace, SchemaName};
 use crate::sequencer::Sequencer;
 use crate::{
     cancel, claim, connect, counts, create, deliveries, events, listen, migrate, purge, read,
-    sequencer, settle, timers, update,
+    sequencer, settle, timers, update, wake,
 };
 
 /// Connections of the pool [`PgStore::connect`] opens.
@@ -84,10 +84,10 @@ impl Default for PgStoreOptions {
 ///
 /// Construct with [`PgStore::connect`], [`PgStore::connect_with`] or
 /// [`PgStore::from_pool`], then apply the schema with [`PgStore::migrate`].
-/// Each store runs three background tasks on the tokio runtime it was built
-/// in (the LISTEN connection, the folding of the status counters, and the
+/// Each store runs four background tasks on the tokio runtime it was built
+/// in (the LISTEN connection, the folding of the status counters, the
 /// event sequencer, which gives committed events their ids in commit
-/// order); they stop when the last clone is dropped.
+/// order, and the debounced NOTIFY that wakes other processes); they stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -95,6 +95,8 @@ pub struct PgStore {
     changes: Arc<watch::Sender<u64>>,
     events: Arc<watch::Sender<u64>>,
     sequencer: Arc<Sequencer>,
+    /// Wakes the task that tells other processes of a change (`crate::wake`).
+    wake_others: Arc<Notify>,
     _background: Arc<Background>,
 }
 
@@ -185,8 +187,12 @@ impl PgStore {
         let namespace = Arc::new(Namespace::new(schema));
         let changes = Arc::new(watch::Sender::new(0));
         let events = Arc::new(watch::Sender::new(0));
+        // Tells this store's notifications from other processes'.
+        let origin = uuid::Uuid::new_v4().simple().to_string();
+        let wake_others = Arc::new(Notify::new());
         let channels = listen::Channels {
             calls: namespace.channel.clone(),
+            origin: origin.clone(),
             changes: Arc::clone(&changes),
             events: namespace.events_channel.clone(),
             events_readable: Arc::clone(&events),
@@ -209,6 +215,12 @@ impl PgStore {
                 namespace.events_channel.clone(),
                 Arc::clone(&events),
             )),
+            tokio::spawn(wake::run(
+                pool.clone(),
+                Arc::clone(&wake_others),
+                namespace.channel.clone(),
+                origin,
+            )),
         ];
         Ok(Self {
             pool,
@@ -216,6 +228,7 @@ impl PgStore {
             changes,
             events,
             sequencer,
+            wake_others,
             _background: Arc::new(Background(tasks)),
         })
     }
@@ -286,11 +299,13 @@ impl PgStore {
         &self.pool
     }
 
-    /// Wakes this process's subscribers at once after a change of ours. The
-    /// trigger's NOTIFY reaches every process too, but only through the
-    /// listener, which may be reconnecting.
+    /// After a committed change of ours that may let a claim take a call
+    /// (a due call created or rescheduled, a slot freed): wakes this
+    /// process's subscribers at once, and other processes through one
+    /// debounced NOTIFY (`crate::wake`).
     fn bump(&self) {
         listen::bump(&self.changes);
+        self.wake_others.notify_one();
     }
 }
 

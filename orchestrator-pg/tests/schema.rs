@@ -220,8 +220,9 @@ async fn each_schema_notifies_its_own_channel_only() {
             .await
             .unwrap();
     }
-    // Notifications arrive in commit order: a second channel notified by
-    // one create would show up before the next create's.
+    // Each store notifies from a task of its own, so the three may arrive
+    // in any order; a second channel notified by one create would make a
+    // fourth notification or replace one of these.
     let mut channels = Vec::new();
     for _ in 0..3 {
         let notification = tokio::time::timeout(WAKE_UP_DEADLINE, listener.recv())
@@ -230,14 +231,17 @@ async fn each_schema_notifies_its_own_channel_only() {
             .unwrap();
         channels.push(notification.channel().to_owned());
     }
+    channels.sort();
     assert_eq!(
         channels,
         [
+            "orchestrator_calls",
             "orchestrator_calls.tenant_a",
             "orchestrator_calls.tenant_b",
-            "orchestrator_calls"
         ]
     );
+    let extra = tokio::time::timeout(Duration::from_millis(200), listener.recv()).await;
+    assert!(extra.is_err(), "one notification per create: {extra:?}");
 }
 
 #[tokio::test]
