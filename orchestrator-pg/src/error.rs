@@ -14,6 +14,7 @@
 
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_core::call::CallId;
@@ -103,6 +104,14 @@ pub(crate) enum PgError {
     /// No schema of the pool's `search_path` exists.
     #[error("no schema of the pool's search_path exists")]
     NoSchema,
+    /// The transaction of a batch of writes failed (see `crate::batch`):
+    /// every write of the batch gets its error.
+    #[error(transparent)]
+    Batch(Arc<PgError>),
+    /// The store's background task that runs this kind of write has stopped
+    /// (the store is being dropped).
+    #[error("the store is shutting down")]
+    Stopped,
 }
 
 impl PgError {
@@ -139,7 +148,8 @@ impl PgError {
     fn is_unavailable(&self) -> bool {
         match self {
             PgError::Connect { source, .. } | PgError::Query(source) => source.is_unavailable(),
-            PgError::Timeout(_) => true,
+            PgError::Timeout(_) | PgError::Stopped => true,
+            PgError::Batch(error) => error.is_unavailable(),
             _ => false,
         }
     }

@@ -69,6 +69,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch;
 mod cancel;
 mod claim;
 mod connect;

@@ -6,7 +6,8 @@
 //! own error; `?` turns that into a [`StoreError`] through the crate's one
 //! mapping. What stays here is what belongs to the store rather than to a
 //! query: the pool, the background tasks (the listener, the counter fold,
-//! the event sequencer, the wake-up of other processes), the change counter behind [`Store::subscribe`] and
+//! the event sequencer, the wake-up of other processes, the batch writers),
+//! the change counter behind [`Store::subscribe`] and
 //! the event counter behind [`Store::subscribe_events`].
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::batch::Batcher;
 use crate::error::PgError;
 use crate::schema::{Namespace, SchemaName};
 use crate::sequencer::Sequencer;
@@ -33,6 +35,13 @@ use crate::{
     cancel, claim, connect, counts, create, deliveries, events, listen, migrate, purge, read,
     sequencer, settle, timers, update, wake,
 };
+
+/// Most settlements, or provider ids, one transaction writes.
+const MAX_BATCH: usize = 500;
+/// Batches of settlements written at once.
+const SETTLE_BATCHES_IN_FLIGHT: usize = 3;
+/// Batches of provider ids written at once.
+const DIAL_BATCHES_IN_FLIGHT: usize = 2;
 
 /// Connections of the pool [`PgStore::connect`] opens.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -84,10 +93,12 @@ impl Default for PgStoreOptions {
 ///
 /// Construct with [`PgStore::connect`], [`PgStore::connect_with`] or
 /// [`PgStore::from_pool`], then apply the schema with [`PgStore::migrate`].
-/// Each store runs four background tasks on the tokio runtime it was built
-/// in (the LISTEN connection, the folding of the status counters, the
-/// event sequencer, which gives committed events their ids in commit
-/// order, and the debounced NOTIFY that wakes other processes); they stop when the last clone is dropped.
+/// Each store runs its background tasks on the tokio runtime it was built
+/// in: the LISTEN connection, the folding of the status counters, the
+/// event sequencer (which gives committed events their ids in commit
+/// order), the debounced NOTIFY that wakes other processes, and the two
+/// batch writers of settlements and provider ids (group commit: requests
+/// arriving together share one transaction). They stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -97,6 +108,10 @@ pub struct PgStore {
     sequencer: Arc<Sequencer>,
     /// Wakes the task that tells other processes of a change (`crate::wake`).
     wake_others: Arc<Notify>,
+    /// Settlements, written in batches (`crate::batch`).
+    settlements: Batcher<(AttemptRef, Settlement), Settled>,
+    /// Provider ids, written in batches.
+    dials: Batcher<(AttemptRef, String), Option<Call>>,
     _background: Arc<Background>,
 }
 
@@ -202,7 +217,23 @@ impl PgStore {
             .await
             .map_err(|error| PgError::connect(connect::target(&pool.connect_options()), error))?;
         let sequencer = Arc::new(Sequencer::new());
+        let (settlements, settling) = Batcher::start(MAX_BATCH, SETTLE_BATCHES_IN_FLIGHT, {
+            let pool = pool.clone();
+            move |requests| {
+                let pool = pool.clone();
+                async move { settle::settle(&pool, requests).await }
+            }
+        });
+        let (dials, recording) = Batcher::start(MAX_BATCH, DIAL_BATCHES_IN_FLIGHT, {
+            let pool = pool.clone();
+            move |requests| {
+                let pool = pool.clone();
+                async move { settle::record_dial(&pool, requests).await }
+            }
+        });
         let tasks = vec![
+            settling,
+            recording,
             tokio::spawn(listen::run(listener_pool, listener, channels)),
             tokio::spawn(counts::compact_periodically(
                 pool.clone(),
@@ -229,6 +260,8 @@ impl PgStore {
             events,
             sequencer,
             wake_others,
+            settlements,
+            dials,
             _background: Arc::new(Background(tasks)),
         })
     }
@@ -382,7 +415,10 @@ impl Store for PgStore {
         attempt: AttemptRef,
         provider_call_id: &str,
     ) -> Result<Option<Call>, StoreError> {
-        Ok(settle::record_dial(&self.pool, attempt, provider_call_id).await?)
+        Ok(self
+            .dials
+            .submit((attempt, provider_call_id.to_owned()))
+            .await?)
     }
 
     async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError> {
@@ -394,7 +430,7 @@ impl Store for PgStore {
         attempt: AttemptRef,
         settlement: Settlement,
     ) -> Result<Settled, StoreError> {
-        let settled = settle::settle(&self.pool, attempt, settlement).await?;
+        let settled = self.settlements.submit((attempt, settlement)).await?;
         if matches!(settled, Settled::Applied(_)) {
             // Every applied settlement changes the status.
             self.sequencer.written();
