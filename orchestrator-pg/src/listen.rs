@@ -11,6 +11,7 @@
 //! between. The engine's fallback poll covers the time it takes to
 //! reconnect.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,10 @@ pub(crate) struct Channels {
     /// This store's payload on `calls`: its own notifications are skipped,
     /// since the store woke its subscribers in process already.
     pub(crate) origin: String,
+    /// Bumped with `changes` by other processes' notifications and after a
+    /// reconnect: any of them may mean a slot was freed
+    /// (`crate::claim::FullCap`).
+    pub(crate) slots_freed: Arc<AtomicU64>,
     pub(crate) changes: Arc<watch::Sender<u64>>,
     /// Notified by the event sequencer: bumps `events`.
     pub(crate) events: String,
@@ -76,8 +81,12 @@ pub(crate) async fn connect(pool: &PgPool, channels: &Channels) -> Result<PgList
 /// notification, and both after every reconnect. `listener` is already
 /// listening on both channels.
 pub(crate) async fn run(pool: PgPool, listener: PgListener, channels: Channels) {
-    let bump_both = || {
+    let bump_changes = || {
+        channels.slots_freed.fetch_add(1, Ordering::SeqCst);
         bump(&channels.changes);
+    };
+    let bump_both = || {
+        bump_changes();
         bump(&channels.events_readable);
     };
     let mut listener = Some(listener);
@@ -106,7 +115,7 @@ pub(crate) async fn run(pool: PgPool, listener: PgListener, channels: Channels) 
                     bump(&channels.events_readable);
                 }
                 Ok(Some(notification)) if notification.payload() == channels.origin => {}
-                Ok(Some(_)) => bump(&channels.changes),
+                Ok(Some(_)) => bump_changes(),
                 // The connection dropped and sqlx re-established it: anything
                 // notified in between is lost.
                 Ok(None) => bump_both(),

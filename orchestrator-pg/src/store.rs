@@ -28,6 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::batch::Batcher;
+use crate::claim::FullCap;
 use crate::error::PgError;
 use crate::schema::{Namespace, SchemaName};
 use crate::sequencer::Sequencer;
@@ -108,6 +109,8 @@ pub struct PgStore {
     sequencer: Arc<Sequencer>,
     /// Wakes the task that tells other processes of a change (`crate::wake`).
     wake_others: Arc<Notify>,
+    /// Skips claims while every slot is known to be taken.
+    full_cap: Arc<FullCap>,
     /// Settlements, written in batches (`crate::batch`).
     settlements: Batcher<(AttemptRef, Settlement), Settled>,
     /// Provider ids, written in batches.
@@ -205,7 +208,9 @@ impl PgStore {
         // Tells this store's notifications from other processes'.
         let origin = uuid::Uuid::new_v4().simple().to_string();
         let wake_others = Arc::new(Notify::new());
+        let full_cap = Arc::new(FullCap::default());
         let channels = listen::Channels {
+            slots_freed: full_cap.freed_counter(),
             calls: namespace.channel.clone(),
             origin: origin.clone(),
             changes: Arc::clone(&changes),
@@ -260,6 +265,7 @@ impl PgStore {
             events,
             sequencer,
             wake_others,
+            full_cap,
             settlements,
             dials,
             _background: Arc::new(Background(tasks)),
@@ -403,7 +409,13 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Call>, StoreError> {
-        let claimed = claim::claim(&self.pool, self.namespace.claim_lock, request).await?;
+        let claimed = claim::claim(
+            &self.pool,
+            self.namespace.claim_lock,
+            &self.full_cap,
+            request,
+        )
+        .await?;
         if !claimed.is_empty() {
             self.sequencer.written();
         }
@@ -432,7 +444,8 @@ impl Store for PgStore {
     ) -> Result<Settled, StoreError> {
         let settled = self.settlements.submit((attempt, settlement)).await?;
         if matches!(settled, Settled::Applied(_)) {
-            // Every applied settlement changes the status.
+            // Every applied settlement changes the status and frees a slot.
+            self.full_cap.freed();
             self.sequencer.written();
             self.bump();
         }

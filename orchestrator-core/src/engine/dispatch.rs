@@ -23,8 +23,8 @@ use crate::store::{ClaimRequest, Settled, Settlement, StoreError};
 const STALE_BATCH: u32 = 100;
 
 impl Inner {
-    /// The dispatch loop: a round, then a wait for a store change, a finished
-    /// dial, the next timer (at most the fallback poll) or the stop signal.
+    /// The dispatch loop: a round, then a wait for a store change, the next
+    /// timer (at most the fallback poll) or the stop signal.
     /// On stop, claims nothing more and waits up to the shutdown grace for the
     /// dials in flight and the store writes being retried, so the provider's
     /// answers are recorded. Runs retention alongside, when configured, and
@@ -37,7 +37,7 @@ impl Inner {
         if let Some(retention) = self.config.retention {
             housekeeping.spawn(Arc::clone(&self).retain(retention));
         }
-        loop {
+        'rounds: loop {
             changes.mark_unchanged();
             paused.mark_unchanged();
             let now = self.clock.now();
@@ -54,13 +54,18 @@ impl Inner {
             let wait = next
                 .map_or(self.config.fallback_poll, |at| clock::until(now, at))
                 .min(self.config.fallback_poll);
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                Some(_) = dials.join_next(), if !dials.is_empty() => {}
-                _ = changes.changed() => {}
-                _ = paused.changed() => {}
-                () = tokio::time::sleep(wait) => {}
+            let deadline = tokio::time::Instant::now() + wait;
+            // A finished dial is only reaped: whatever it changed that a
+            // round must see (a settlement, a pause) signals on its own.
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break 'rounds,
+                    Some(_) = dials.join_next(), if !dials.is_empty() => {}
+                    _ = changes.changed() => break,
+                    _ = paused.changed() => break,
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
             }
         }
         housekeeping.abort_all();
