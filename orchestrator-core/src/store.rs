@@ -490,6 +490,24 @@ pub trait Store: Send + Sync + 'static {
         provider_call_id: &str,
     ) -> Result<Option<Call>, StoreError>;
 
+    /// [`record_dial`](Self::record_dial) then [`settle`](Self::settle), for
+    /// a webhook that names its attempt and may arrive before the dial's
+    /// answer was recorded: the call's `providerCallId` is set before the
+    /// settlement applies, so its terminal event carries it. Answers as
+    /// `settle`; a settlement of an attempt not made yet is
+    /// [`Settled::Stale`] and records nothing. A store may do both in one
+    /// write (PostgreSQL does: one transaction instead of two). Errors:
+    /// [`StoreError::NotFound`].
+    async fn settle_reported(
+        &self,
+        attempt: AttemptRef,
+        provider_call_id: &str,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        self.record_dial(attempt, provider_call_id).await?;
+        self.settle(attempt, settlement).await
+    }
+
     /// The attempt the provider named `provider_call_id`, if any was recorded.
     async fn find_attempt(&self, provider_call_id: &str) -> Result<Option<AttemptRef>, StoreError>;
 

@@ -9,10 +9,18 @@
 //! the store is idle, and under load one commit serves many calls. At most
 //! `max_in_flight` batches run at once; the queue holds at most
 //! [`MAX_QUEUED`] requests, and a caller past that waits for room.
+//!
+//! A batch is gathered once it has a connection: requests that arrive while
+//! it waits for one join it. When no connection can be had (the database is
+//! down: the pool's acquire timeout ran out), every request waiting fails at
+//! once with that error, as each would have on its own, instead of each
+//! waiting out another timeout behind the one before.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -47,20 +55,22 @@ impl<T, R> Clone for Batcher<T, R> {
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// A batcher whose task runs `write` on batches of at most `max_batch`
-    /// requests, at most `max_in_flight` at once. The task (and the batches
-    /// it runs) stops when the returned handle is aborted; requests then
-    /// fail with [`PgError::Stopped`].
+    /// requests, each on a connection of `pool`, at most `max_in_flight` at
+    /// once. The task (and the batches it runs) stops when the returned
+    /// handle is aborted; requests then fail with [`PgError::Stopped`].
     pub(crate) fn start<F, Fut>(
+        pool: PgPool,
         max_batch: usize,
         max_in_flight: usize,
         write: F,
     ) -> (Self, JoinHandle<()>)
     where
-        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        F: Fn(PoolConnection<Postgres>, Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Answers<R>> + Send + 'static,
     {
         let (queue, requests) = mpsc::channel(MAX_QUEUED);
-        let task = tokio::spawn(run(requests, max_batch.max(1), max_in_flight.max(1), write));
+        let limits = (max_batch.max(1), max_in_flight.max(1));
+        let task = tokio::spawn(run(pool, requests, limits, write));
         (Self { queue }, task)
     }
 
@@ -75,25 +85,38 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
+/// `limits`: the most requests per batch, and batches at once.
 async fn run<T, R, F, Fut>(
+    pool: PgPool,
     mut requests: mpsc::Receiver<Request<T, R>>,
-    max_batch: usize,
-    max_in_flight: usize,
+    (max_batch, max_in_flight): (usize, usize),
     write: F,
 ) where
     T: Send + 'static,
     R: Send + 'static,
-    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    F: Fn(PoolConnection<Postgres>, Vec<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Answers<R>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_in_flight));
     // Dropped with this task, which aborts the batches still running.
     let mut batches = JoinSet::new();
     while let Some(first) = requests.recv().await {
-        // Wait for a free slot before gathering: requests that arrive
-        // meanwhile join this batch instead of queueing for the next.
+        // Wait for a free slot and a connection before gathering: requests
+        // that arrive meanwhile join this batch instead of queueing for the
+        // next.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
+        };
+        let connection = match pool.acquire().await {
+            Ok(connection) => connection,
+            Err(error) => {
+                let error = Arc::new(PgError::from(error));
+                let _ = first.reply.send(Err(PgError::Batch(Arc::clone(&error))));
+                while let Ok(request) = requests.try_recv() {
+                    let _ = request.reply.send(Err(PgError::Batch(Arc::clone(&error))));
+                }
+                continue;
+            }
         };
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -106,7 +129,7 @@ async fn run<T, R, F, Fut>(
             .into_iter()
             .map(|request| (request.item, request.reply))
             .unzip();
-        let written = write(items);
+        let written = write(connection, items);
         batches.spawn(async move {
             match written.await {
                 Ok(answers) => {

@@ -23,7 +23,8 @@ use orchestrator_core::call::{AttemptRef, Call, CallId, CallStatus};
 use orchestrator_core::state::transition;
 use orchestrator_core::store::{Settled, Settlement};
 use orchestrator_core::{Attempt, EventType};
-use sqlx::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, PgConnection, Postgres};
 use uuid::Uuid;
 
 use crate::batch::Answers;
@@ -172,25 +173,64 @@ impl Writes {
     }
 }
 
+/// One settlement to write: of `attempt`, with the provider id its webhook
+/// reported when that is to be recorded first
+/// ([`orchestrator_core::Store::settle_reported`]).
+pub(crate) struct SettleRequest {
+    pub(crate) attempt: AttemptRef,
+    pub(crate) settlement: Settlement,
+    pub(crate) provider_call_id: Option<String>,
+}
+
 /// Applies each settlement to its attempt if that is the call's current
 /// `IN_PROGRESS` attempt, else answers the call unchanged as
 /// [`Settled::Stale`]; per request, [`PgError::NotFound`], or
 /// [`PgError::Conflict`] if the state machine refuses the settlement.
+/// Provider ids to record are recorded first, as [`record_dial`] does.
 /// Requests are taken in order, so a second settlement of one attempt in
 /// the same batch is stale.
 pub(crate) async fn settle(
-    pool: &PgPool,
-    requests: Vec<(AttemptRef, Settlement)>,
+    mut connection: PoolConnection<Postgres>,
+    requests: Vec<SettleRequest>,
 ) -> Answers<Settled> {
     let ids: Vec<Uuid> = requests
         .iter()
-        .map(|(attempt, _)| attempt.call_id.0)
+        .map(|request| request.attempt.call_id.0)
         .collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = connection.begin().await?;
     let mut calls = lock(&mut tx, &ids).await?;
+    // Provider ids not recorded yet: the usual webhook comes after the
+    // dial's answer was recorded, and then there is nothing to write.
+    let named: Vec<(AttemptRef, String)> = requests
+        .iter()
+        .filter_map(|request| {
+            let named = request.provider_call_id.as_deref()?;
+            let call = calls.get(&request.attempt.call_id)?;
+            let recorded = call.current_attempt() == request.attempt
+                && call.provider_call_id.as_deref() == Some(named);
+            (!recorded).then(|| (request.attempt, named.to_owned()))
+        })
+        .collect();
+    if !named.is_empty() {
+        for accepted in record(&mut tx, &named)
+            .await?
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Some(call) = calls.get_mut(&accepted.id) {
+                call.provider_call_id = accepted.provider_call_id;
+            }
+        }
+    }
     let mut writes = Writes::default();
     let mut answers = Vec::with_capacity(requests.len());
-    for (attempt, settlement) in requests {
+    for SettleRequest {
+        attempt,
+        settlement,
+        ..
+    } in requests
+    {
         let id = attempt.call_id;
         let Some(call) = calls.get(&id) else {
             answers.push(Err(PgError::NotFound(id)));
@@ -212,10 +252,14 @@ pub(crate) async fn settle(
             Err(source) => answers.push(Err(PgError::Conflict { id, source })),
         }
     }
-    if writes.id.is_empty() {
+    if writes.id.is_empty() && named.is_empty() {
         // Ends the transaction now: until the rollback is sent the rows stay
         // locked, and a claim would skip them.
         tx.rollback().await?;
+        return Ok(answers);
+    }
+    if writes.id.is_empty() {
+        tx.commit().await?;
         return Ok(answers);
     }
     sqlx::query(SETTLE)
@@ -247,26 +291,31 @@ pub(crate) async fn settle(
 /// made records nothing), or [`PgError::NotFound`]. Requests naming one call
 /// or one provider id twice are written in request order, so the last wins.
 pub(crate) async fn record_dial(
-    pool: &PgPool,
+    mut connection: PoolConnection<Postgres>,
     requests: Vec<(AttemptRef, String)>,
 ) -> Answers<Option<Call>> {
     let ids: Vec<Uuid> = requests
         .iter()
         .map(|(attempt, _)| attempt.call_id.0)
         .collect();
-    let mut tx = pool.begin().await?;
+    let mut tx = connection.begin().await?;
     let found = lock(&mut tx, &ids).await?;
-    let mut answers: Vec<Result<Option<Call>, PgError>> = requests
-        .iter()
-        .map(|(attempt, _)| {
-            if found.contains_key(&attempt.call_id) {
-                Ok(None)
-            } else {
-                Err(PgError::NotFound(attempt.call_id))
-            }
-        })
-        .collect();
-    for round in distinct_rounds(&requests) {
+    let mut answers = record(&mut tx, &requests).await?;
+    for (answer, (attempt, _)) in answers.iter_mut().zip(&requests) {
+        if !found.contains_key(&attempt.call_id) {
+            *answer = Err(PgError::NotFound(attempt.call_id));
+        }
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// [`RECORD_DIAL`] for `requests`, in `tx`, which holds their calls' locks:
+/// per request, the call when its `providerCallId` was set.
+async fn record(tx: &mut PgConnection, requests: &[(AttemptRef, String)]) -> Answers<Option<Call>> {
+    let mut answers: Vec<Result<Option<Call>, PgError>> =
+        requests.iter().map(|_| Ok(None)).collect();
+    for round in distinct_rounds(requests) {
         let mut id = Vec::with_capacity(round.len());
         let mut attempt = Vec::with_capacity(round.len());
         let mut provider_call_id = Vec::with_capacity(round.len());
@@ -292,7 +341,6 @@ pub(crate) async fn record_dial(
             }
         }
     }
-    tx.commit().await?;
     Ok(answers)
 }
 

@@ -32,6 +32,7 @@ use crate::claim::FullCap;
 use crate::error::PgError;
 use crate::schema::{Namespace, SchemaName};
 use crate::sequencer::Sequencer;
+use crate::settle::SettleRequest;
 use crate::{
     cancel, claim, connect, counts, create, deliveries, events, listen, migrate, purge, read,
     sequencer, settle, timers, update, wake,
@@ -112,7 +113,7 @@ pub struct PgStore {
     /// Skips claims while every slot is known to be taken.
     full_cap: Arc<FullCap>,
     /// Settlements, written in batches (`crate::batch`).
-    settlements: Batcher<(AttemptRef, Settlement), Settled>,
+    settlements: Batcher<SettleRequest, Settled>,
     /// Provider ids, written in batches.
     dials: Batcher<(AttemptRef, String), Option<Call>>,
     _background: Arc<Background>,
@@ -222,20 +223,18 @@ impl PgStore {
             .await
             .map_err(|error| PgError::connect(connect::target(&pool.connect_options()), error))?;
         let sequencer = Arc::new(Sequencer::new());
-        let (settlements, settling) = Batcher::start(MAX_BATCH, SETTLE_BATCHES_IN_FLIGHT, {
-            let pool = pool.clone();
-            move |requests| {
-                let pool = pool.clone();
-                async move { settle::settle(&pool, requests).await }
-            }
-        });
-        let (dials, recording) = Batcher::start(MAX_BATCH, DIAL_BATCHES_IN_FLIGHT, {
-            let pool = pool.clone();
-            move |requests| {
-                let pool = pool.clone();
-                async move { settle::record_dial(&pool, requests).await }
-            }
-        });
+        let (settlements, settling) = Batcher::start(
+            pool.clone(),
+            MAX_BATCH,
+            SETTLE_BATCHES_IN_FLIGHT,
+            settle::settle,
+        );
+        let (dials, recording) = Batcher::start(
+            pool.clone(),
+            MAX_BATCH,
+            DIAL_BATCHES_IN_FLIGHT,
+            settle::record_dial,
+        );
         let tasks = vec![
             settling,
             recording,
@@ -336,6 +335,18 @@ impl PgStore {
     #[must_use]
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Queues `request` for the next batch of settlements and answers it.
+    async fn settle_as(&self, request: SettleRequest) -> Result<Settled, StoreError> {
+        let settled = self.settlements.submit(request).await?;
+        if matches!(settled, Settled::Applied(_)) {
+            // Every applied settlement changes the status and frees a slot.
+            self.full_cap.freed();
+            self.sequencer.written();
+            self.bump();
+        }
+        Ok(settled)
     }
 
     /// After a committed change of ours that may let a claim take a call
@@ -442,14 +453,26 @@ impl Store for PgStore {
         attempt: AttemptRef,
         settlement: Settlement,
     ) -> Result<Settled, StoreError> {
-        let settled = self.settlements.submit((attempt, settlement)).await?;
-        if matches!(settled, Settled::Applied(_)) {
-            // Every applied settlement changes the status and frees a slot.
-            self.full_cap.freed();
-            self.sequencer.written();
-            self.bump();
-        }
-        Ok(settled)
+        self.settle_as(SettleRequest {
+            attempt,
+            settlement,
+            provider_call_id: None,
+        })
+        .await
+    }
+
+    async fn settle_reported(
+        &self,
+        attempt: AttemptRef,
+        provider_call_id: &str,
+        settlement: Settlement,
+    ) -> Result<Settled, StoreError> {
+        self.settle_as(SettleRequest {
+            attempt,
+            settlement,
+            provider_call_id: Some(provider_call_id.to_owned()),
+        })
+        .await
     }
 
     async fn expire_due(&self, now: DateTime<Utc>) -> Result<Vec<CallId>, StoreError> {

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -22,6 +23,47 @@ use crate::store::{ClaimRequest, Settled, Settlement, StoreError};
 /// Stale leases settled per round; more are picked up by the next round.
 const STALE_BATCH: u32 = 100;
 
+/// How long after a timer pass (expiring calls, finding lapsed leases,
+/// reading when the next timer is due) a round woken by a change only
+/// claims. Under load, rounds follow each other by milliseconds, and
+/// nothing a change brings needs its timers sooner: a claim never takes an
+/// expired call, a new lease ends a whole lease from now, and a call made
+/// due later by a change waits at most this long past its time.
+const TIMER_PASS_EVERY: Duration = Duration::from_millis(50);
+
+/// What the last timer pass found.
+#[derive(Debug, Default)]
+struct Timers {
+    /// When it ran; `None` before the first.
+    last_pass: Option<DateTime<Utc>>,
+    /// The next timer it found due.
+    next: Option<DateTime<Utc>>,
+    /// Whether a round skipped the pass since: a change since may have
+    /// brought an earlier timer.
+    skipped: bool,
+}
+
+impl Timers {
+    /// Whether a round at `now` runs the timer pass.
+    fn due(&self, now: DateTime<Utc>) -> bool {
+        self.last_pass.is_none_or(|last| {
+            now >= clock::add(last, TIMER_PASS_EVERY) || self.next.is_some_and(|next| next <= now)
+        })
+    }
+
+    /// When the dispatcher next needs a round for its timers.
+    fn wake_at(&self) -> Option<DateTime<Utc>> {
+        let refresh = self
+            .last_pass
+            .filter(|_| self.skipped)
+            .map(|last| clock::add(last, TIMER_PASS_EVERY));
+        match (self.next, refresh) {
+            (Some(next), Some(refresh)) => Some(next.min(refresh)),
+            (next, refresh) => next.or(refresh),
+        }
+    }
+}
+
 impl Inner {
     /// The dispatch loop: a round, then a wait for a store change, the next
     /// timer (at most the fallback poll) or the stop signal.
@@ -34,6 +76,7 @@ impl Inner {
         let mut paused = self.paused_until.subscribe();
         let mut dials = JoinSet::new();
         let mut housekeeping = JoinSet::new();
+        let mut timers = Timers::default();
         if let Some(retention) = self.config.retention {
             housekeeping.spawn(Arc::clone(&self).retain(retention));
         }
@@ -41,7 +84,7 @@ impl Inner {
             changes.mark_unchanged();
             paused.mark_unchanged();
             let now = self.clock.now();
-            let next = match self.round(&mut dials).await {
+            let next = match self.round(&mut dials, &mut timers).await {
                 Ok(next) => next,
                 Err(error) => {
                     warn!(
@@ -90,7 +133,7 @@ impl Inner {
     /// [`Engine::tick`](super::Engine::tick)).
     pub(super) async fn tick(self: &Arc<Self>) -> Result<Option<DateTime<Utc>>, StoreError> {
         let mut dials = JoinSet::new();
-        self.round(&mut dials).await?;
+        self.round(&mut dials, &mut Timers::default()).await?;
         while let Some(joined) = dials.join_next().await {
             if let Err(error) = joined {
                 if error.is_panic() {
@@ -102,31 +145,18 @@ impl Inner {
         self.store.next_timer(self.clock.now()).await
     }
 
-    /// One round; spawns a dial task per claimed call into `dials`. Returns
-    /// when the next timed event is due.
+    /// One round; spawns a dial task per claimed call into `dials`. Runs the
+    /// timer pass (expiry, lapsed leases, the next timer) when `timers` says
+    /// it is due. Returns when the next timed event is due.
     async fn round(
         self: &Arc<Self>,
         dials: &mut JoinSet<()>,
+        timers: &mut Timers,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now = self.clock.now();
-        let expired = self.store.expire_due(now).await?;
-        if !expired.is_empty() {
-            metrics::counter!("orchestrator_calls_expired_total").increment(expired.len() as u64);
-            info!(
-                count = expired.len(),
-                "calls expired before they could be dialled"
-            );
-        }
-        for attempt in self.store.stale_attempts(now, STALE_BATCH).await? {
-            // Each stale attempt is looked up at the provider in a task of
-            // its own, so a slow provider never holds up the round; one
-            // task per attempt at a time.
-            let fresh = lock(&self.reconciling).insert(attempt);
-            if fresh {
-                metrics::counter!("orchestrator_stale_leases_total").increment(1);
-                let span = info_span!("stale lease", call_id = %attempt.call_id, attempt = attempt.attempt);
-                dials.spawn(Arc::clone(self).expire_lease(attempt).instrument(span));
-            }
+        let pass = timers.due(now);
+        if pass {
+            self.expire_and_reclaim(now, dials).await?;
         }
         if let Some(until) = self.paused_at(now) {
             // Dialling is paused after an account error: claim nothing, and
@@ -154,7 +184,45 @@ impl Inner {
                 break;
             }
         }
-        self.store.next_timer(now).await
+        if pass {
+            *timers = Timers {
+                last_pass: Some(now),
+                next: self.store.next_timer(now).await?,
+                skipped: false,
+            };
+        } else {
+            timers.skipped = true;
+        }
+        Ok(timers.wake_at())
+    }
+
+    /// Expires the calls whose time ran out and starts settling the
+    /// attempts whose lease lapsed.
+    async fn expire_and_reclaim(
+        self: &Arc<Self>,
+        now: DateTime<Utc>,
+        dials: &mut JoinSet<()>,
+    ) -> Result<(), StoreError> {
+        let expired = self.store.expire_due(now).await?;
+        if !expired.is_empty() {
+            metrics::counter!("orchestrator_calls_expired_total").increment(expired.len() as u64);
+            info!(
+                count = expired.len(),
+                "calls expired before they could be dialled"
+            );
+        }
+        for attempt in self.store.stale_attempts(now, STALE_BATCH).await? {
+            // Each stale attempt is looked up at the provider in a task of
+            // its own, so a slow provider never holds up the round; one
+            // task per attempt at a time.
+            let fresh = lock(&self.reconciling).insert(attempt);
+            if fresh {
+                metrics::counter!("orchestrator_stale_leases_total").increment(1);
+                let span = info_span!("stale lease", call_id = %attempt.call_id, attempt = attempt.attempt);
+                dials.spawn(Arc::clone(self).expire_lease(attempt).instrument(span));
+            }
+        }
+        Ok(())
     }
 
     /// Dials `call`'s current attempt and records what the provider answered,
@@ -260,7 +328,7 @@ impl Inner {
         let Some(report) = report else {
             return false;
         };
-        match self.settle_report(attempt, &report).await {
+        match self.settle_report(attempt, &report, false).await {
             Ok(settled) => {
                 info!(call_id = %attempt.call_id, attempt = attempt.attempt, status = ?report.status, applied = matches!(settled, Settled::Applied(_)), "attempt settled from the provider's status: its webhook never came");
                 true

@@ -21,26 +21,47 @@ use crate::provider::WebhookDelivery;
 use crate::store::{Settled, Settlement};
 use crate::validate::validate_provider_call_id;
 
+/// In-process webhooks being settled at once.
+const MAX_IN_PROCESS_WEBHOOKS: usize = 256;
+
 impl Inner {
-    /// Settles every webhook an in-process provider delivers, until every
-    /// sink is dropped (then finishes the retries) or the task is aborted
-    /// (which drops them).
+    /// Settles every webhook an in-process provider delivers, up to
+    /// [`MAX_IN_PROCESS_WEBHOOKS`] at once (as an HTTP server takes
+    /// concurrent webhooks, so the store can write them together), until
+    /// every sink is dropped (then finishes those in hand and the retries)
+    /// or the task is aborted (which drops them).
     pub(super) async fn intake(self: Arc<Self>, mut webhooks: mpsc::Receiver<WebhookDelivery>) {
+        let mut settling = JoinSet::new();
         let mut retries = JoinSet::new();
         loop {
             tokio::select! {
                 biased;
                 Some(_) = retries.join_next(), if !retries.is_empty() => {}
-                delivery = webhooks.recv() => {
-                    let Some(delivery) = delivery else { break };
-                    match self.handle_webhook(delivery.clone()).await {
-                        Ok(_) => {}
-                        Err(error) if transient_engine(&error) => {
-                            retries.spawn(Arc::clone(&self).retry_webhook(delivery));
-                        }
-                        Err(error) => warn!(error = &error as &dyn std::error::Error, "in-process webhook not settled"),
+                Some(joined) = settling.join_next(), if !settling.is_empty() => {
+                    if let Ok(Some(delivery)) = joined {
+                        retries.spawn(Arc::clone(&self).retry_webhook(delivery));
                     }
                 }
+                delivery = webhooks.recv(), if settling.len() < MAX_IN_PROCESS_WEBHOOKS => {
+                    let Some(delivery) = delivery else { break };
+                    let inner = Arc::clone(&self);
+                    // Answers the delivery when it is to be retried.
+                    settling.spawn(async move {
+                        match inner.handle_webhook(delivery.clone()).await {
+                            Ok(_) => None,
+                            Err(error) if transient_engine(&error) => Some(delivery),
+                            Err(error) => {
+                                warn!(error = &error as &dyn std::error::Error, "in-process webhook not settled");
+                                None
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        while let Some(joined) = settling.join_next().await {
+            if let Ok(Some(delivery)) = joined {
+                retries.spawn(Arc::clone(&self).retry_webhook(delivery));
             }
         }
         while retries.join_next().await.is_some() {}
@@ -66,11 +87,14 @@ impl Inner {
 
     /// Settles `attempt` as `report` says (a webhook's, or a status lookup's
     /// answer), counts a retry, and pauses dialling when an applied report
-    /// is an account error.
+    /// is an account error. With `record`, the report's provider id is
+    /// recorded for the attempt first, in the same store write
+    /// ([`Store::settle_reported`](crate::Store::settle_reported)).
     pub(super) async fn settle_report(
         &self,
         attempt: crate::call::AttemptRef,
         report: &crate::provider::StatusReport,
+        record: bool,
     ) -> Result<Settled, crate::store::StoreError> {
         let now = self.clock.now();
         let settlement = self.with_rng(|rng| {
@@ -85,7 +109,13 @@ impl Inner {
             )
         });
         let retry = matches!(settlement, Settlement::Retry { .. });
-        let settled = self.store.settle(attempt, settlement).await?;
+        let settled = if record {
+            self.store
+                .settle_reported(attempt, &report.provider_call_id, settlement)
+                .await?
+        } else {
+            self.store.settle(attempt, settlement).await?
+        };
         if matches!(settled, Settled::Applied(_)) {
             if retry {
                 metrics::counter!("orchestrator_retries_total").increment(1);
@@ -119,30 +149,25 @@ impl Inner {
     ) -> Result<WebhookOutcome, EngineError> {
         let report = delivery.report;
         validate_provider_call_id(&report.provider_call_id)?;
-        let attempt = match self.store.find_attempt(&report.provider_call_id).await? {
-            Some(attempt) => attempt,
-            None => {
-                let Some(hint) = delivery.attempt else {
+        // The attempt the webhook names (its URL's query, or the metadata a
+        // platform echoes back; authenticated with the webhook) needs no
+        // lookup, and its provider id is recorded in the settlement's own
+        // write: the webhook may have beaten the dial's answer.
+        let (attempt, record) = match delivery.attempt {
+            Some(hint) => (hint, true),
+            None => match self.store.find_attempt(&report.provider_call_id).await? {
+                Some(attempt) => (attempt, false),
+                None => {
                     return Err(EngineError::NotFound(format!(
                         "no call with provider call id {:?}",
                         report.provider_call_id
-                    )));
-                };
-                let call = self.store.get(hint.call_id).await?;
-                if hint.attempt > call.attempts {
-                    return Ok(WebhookOutcome::Ignored(call));
+                    )))
                 }
-                // The webhook beat the dial's answer: record the provider id
-                // now, so a repeat without the query is recognised too.
-                self.store
-                    .record_dial(hint, &report.provider_call_id)
-                    .await?;
-                hint
-            }
+            },
         };
         let span = info_span!("webhook", call_id = %attempt.call_id, attempt = attempt.attempt);
         let settled = self
-            .settle_report(attempt, &report)
+            .settle_report(attempt, &report, record)
             .instrument(span.clone())
             .await?;
         let _entered = span.enter();
@@ -150,6 +175,10 @@ impl Inner {
             Settled::Applied(call) => {
                 info!(status = %call.status, "attempt settled by webhook");
                 WebhookOutcome::Applied(call)
+            }
+            Settled::Stale(call) if attempt.attempt > call.attempts => {
+                debug!("webhook for an attempt never dialled; nothing changed");
+                WebhookOutcome::Ignored(call)
             }
             Settled::Stale(call) => {
                 debug!("webhook for a settled or older attempt; nothing changed");
