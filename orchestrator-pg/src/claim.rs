@@ -48,7 +48,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::error::PgError;
-use crate::events::{event_columns, log_changes};
+use crate::events::{event_columns, log_events};
 use crate::row::{call_column_names, call_columns, calls, CallRow};
 use crate::schema::LockKey;
 
@@ -107,7 +107,7 @@ const TAKE: &str = concat!(
         SELECT id, (SELECT nextval('call_event_seq')), attempts, to_number, started_at, lease_expires_at \
         FROM changed \
     ), ",
-    log_changes!(),
+    log_events!(),
     " SELECT ",
     call_column_names!(),
     " FROM changed ORDER BY created_at, id"

@@ -15,7 +15,7 @@ use orchestrator_core::store::Created;
 use sqlx::PgPool;
 
 use crate::error::PgError;
-use crate::events::{event_columns, log_changes};
+use crate::events::{event_columns, log_events};
 use crate::row::{
     call_column_names, call_columns, call_columns_with_delivery, calls_with_delivery,
     metadata_text, CallRow,
@@ -33,7 +33,7 @@ const INSERT: &str = concat!(
     ", ",
     event_columns!("'call.created'", "$5"),
     "), ",
-    log_changes!(),
+    log_events!(),
     " SELECT ",
     call_column_names!(),
     " FROM changed"

@@ -14,32 +14,42 @@ use sqlx::PgExecutor;
 
 use crate::error::PgError;
 
-/// The CTEs `events` and `deliveries`, to follow a CTE `changed` that holds
-/// one row per changed call with the columns of
-/// [`crate::row::call_columns!`] plus `event_type` (the event's type, NULL
-/// when the change keeps the status), `event_at` (when it happened) and
-/// `event_call` (`call_event_json` of the changed row):
-/// - `events` appends one event per row whose `event_type` is set;
-/// - `deliveries` adds the outbox row of each of those events that ends a
-///   call with a callback URL, due at once.
-///
-/// The terminal statuses are `CallStatus::is_terminal`'s; the conformance
-/// suite and `tests/postgres.rs` check that the two agree.
-macro_rules! log_changes {
+/// The CTE `events`, to follow a CTE `changed` that holds one row per
+/// changed call with the columns `id`, `status`, `callback_url`,
+/// `event_type` (the event's type, NULL when the change keeps the status),
+/// `event_at` (when it happened) and `event_call` (`call_event_json` of the
+/// changed row): it appends one event per row whose `event_type` is set.
+/// Alone, for changes that never end a call (a create, a claim).
+macro_rules! log_events {
     () => {
         "events AS ( \
             INSERT INTO call_events (call_id, type, occurred_at, call) \
             SELECT id, event_type, event_at, event_call FROM changed \
             WHERE event_type IS NOT NULL \
             RETURNING seq, call_id, occurred_at \
-        ), deliveries AS ( \
-            INSERT INTO call_deliveries (call_id, event_seq, url, state, attempts, due_at) \
-            SELECT events.call_id, events.seq, changed.callback_url, 'PENDING', 0, \
-                   events.occurred_at \
-            FROM events JOIN changed ON changed.id = events.call_id \
-            WHERE changed.callback_url IS NOT NULL \
-              AND changed.status IN ('COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED') \
         )"
+    };
+}
+pub(crate) use log_events;
+
+/// [`log_events!`] and the CTE `deliveries`, which adds the outbox row of
+/// each of those events that ends a call with a callback URL, due at once.
+///
+/// The terminal statuses are `CallStatus::is_terminal`'s; the conformance
+/// suite and `tests/postgres.rs` check that the two agree.
+macro_rules! log_changes {
+    () => {
+        concat!(
+            $crate::events::log_events!(),
+            ", deliveries AS ( \
+                INSERT INTO call_deliveries (call_id, event_seq, url, state, attempts, due_at) \
+                SELECT events.call_id, events.seq, changed.callback_url, 'PENDING', 0, \
+                       events.occurred_at \
+                FROM events JOIN changed ON changed.id = events.call_id \
+                WHERE changed.callback_url IS NOT NULL \
+                  AND changed.status IN ('COMPLETED', 'FAILED', 'EXPIRED', 'CANCELED') \
+            )"
+        )
     };
 }
 pub(crate) use log_changes;
