@@ -3,8 +3,8 @@
 //! The PostgreSQL [`Store`](orchestrator_core::Store) of the call
 //! orchestrator: calls survive any process crash, the global cap and the
 //! one-call-per-number rule are enforced by the database across every
-//! process sharing it, and LISTEN/NOTIFY wakes every engine within
-//! milliseconds of a change.
+//! process sharing it, and a change wakes this process's engine at once and
+//! every other process's within milliseconds (one debounced NOTIFY).
 //!
 //! - [`store`]: [`PgStore`] and its thin `Store` implementation, which
 //!   delegates each method to the query function of its family:
@@ -14,14 +14,18 @@
 //!     attempt behind a provider id;
 //!   - `update`: patch a `PENDING` call's payload and schedule;
 //!   - `cancel`: end a `PENDING` call, or record the request on a live one;
-//!   - `claim`: the claim transaction (the cap and the per-number rule);
-//!   - `settle`: end an attempt, record the provider's id for one;
+//!   - `claim`: the claim transaction (the cap and the per-number rule),
+//!     skipped while the cap is known to be full;
+//!   - `settle`: end attempts, record the provider's ids for them, a batch
+//!     per transaction;
 //!   - `timers`: expiry, lapsed leases, the next instant anything is due;
 //!   - `counts`: exact per-status counts that stay cheap at millions of calls;
 //!   - `purge`: retention, deleting ended calls in small batches;
 //!   - `events`: the event and delivery every change of status writes in
 //!     its own statement, and reading the log by id;
 //!   - `deliveries`: the callback outbox (claim, record, next due).
+//! - `batch`: group commit: settlements, and provider ids, that arrive
+//!   together share one transaction (one commit for many calls).
 //! - `sequencer`: the task that gives committed events their ids in commit
 //!   order (writers cannot: an id drawn in a transaction follows the order
 //!   writers started, not the order they committed).
@@ -30,6 +34,9 @@
 //!   [`PgStoreOptions::schema`]) and the channel and lock keys derived from it.
 //! - `listen`: the LISTEN task behind [`PgStore::subscribe`](orchestrator_core::Store::subscribe)
 //!   and [`PgStore::subscribe_events`](orchestrator_core::Store::subscribe_events).
+//! - `wake`: the task that tells other processes of a change with one
+//!   debounced NOTIFY, sent outside the writing transactions (a NOTIFY
+//!   inside them made every commit wait for the others' flushes).
 //! - `row`: a `calls` row, with its delivery, to a [`Call`](orchestrator_core::Call).
 //! - `error`: the one mapping from PostgreSQL failures to
 //!   [`StoreError`](orchestrator_core::StoreError) categories.
@@ -51,7 +58,7 @@
 //!
 //! A store lives in one schema, `public` unless [`PgStoreOptions::schema`]
 //! names another: its tables, functions and its own `_sqlx_migrations` are
-//! there, its notification channel and advisory locks are keyed by it. In a
+//! there, its notification channels and advisory locks are keyed by it. In a
 //! database shared with another application, give it a schema of its own.
 //!
 //! ```no_run
