@@ -1,5 +1,5 @@
 -- The `calls` triggers no longer NOTIFY. A notifying transaction takes a
--- database-wide lock at commit and holds it until its commit record is
+-- server-wide lock at commit and holds it until its commit record is
 -- flushed, so one `pg_notify` per writing statement serialised every
 -- create and settlement behind each other's WAL flush. The store now wakes
 -- its own engine in process after a write commits, and other processes

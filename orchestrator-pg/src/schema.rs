@@ -5,9 +5,9 @@
 //! schemas of one database share nothing: besides the tables, the two
 //! things PostgreSQL keys per database rather than per schema are keyed by
 //! the schema's name here:
-//! - the notification channel the `calls` triggers notify (`orchestrator_calls`
-//!   in `public`, `orchestrator_calls.<schema>` elsewhere; the trigger builds
-//!   the same name from the table's schema), and the one the event
+//! - the notification channel the stores' wake-up tasks notify
+//!   (`orchestrator_calls` in `public`, `orchestrator_calls.<schema>`
+//!   elsewhere), and the one the event
 //!   sequencer notifies (`orchestrator_event`, `orchestrator_event.<schema>`);
 //! - the advisory locks of the claim, of the counter compaction and of the
 //!   event sequencer.
@@ -136,7 +136,7 @@ pub(crate) type LockKey = (i32, i32);
 #[derive(Clone, Debug)]
 pub(crate) struct Namespace {
     pub(crate) schema: SchemaName,
-    /// The channel this schema's triggers notify.
+    /// The channel the wake-up tasks of this schema's stores notify.
     pub(crate) channel: String,
     /// The channel the event sequencer notifies once per pass that made
     /// events readable.

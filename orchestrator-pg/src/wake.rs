@@ -2,7 +2,7 @@
 //! local write that created a due call, rescheduled one or freed a slot.
 //!
 //! The write itself sends nothing: a NOTIFY inside a writing transaction
-//! takes a database-wide lock at commit and holds it until the commit is
+//! takes a server-wide lock at commit and holds it until the commit is
 //! flushed, which made every create and settlement wait for the others'
 //! flushes. Instead each store runs one task that, when woken, sends
 //! `pg_notify(channel, origin)` in a transaction of its own, then waits
