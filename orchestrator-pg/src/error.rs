@@ -145,7 +145,7 @@ impl PgError {
     }
 
     /// Whether retrying later may succeed.
-    fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         match self {
             PgError::Connect { source, .. } | PgError::Query(source) => source.is_unavailable(),
             PgError::Timeout(_) | PgError::Stopped => true,
@@ -202,7 +202,7 @@ pub(crate) struct SqlxError(sqlx::Error);
 impl SqlxError {
     /// Whether the server cannot serve us now, as opposed to the statement
     /// being wrong.
-    fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         if self.is_tls_failure() {
             // A certificate that is not trusted or names another server, a
             // server without TLS: retrying will not change it.

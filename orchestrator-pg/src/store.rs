@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::batch::Batcher;
 use crate::claim::FullCap;
+use crate::create::CreateRequest;
 use crate::error::PgError;
 use crate::schema::{Namespace, SchemaName};
 use crate::sequencer::Sequencer;
@@ -38,8 +39,10 @@ use crate::{
     sequencer, settle, timers, update, wake,
 };
 
-/// Most settlements, or provider ids, one transaction writes.
+/// Most creates, settlements, or provider ids one transaction writes.
 const MAX_BATCH: usize = 500;
+/// Batches of creates written at once.
+const CREATE_BATCHES_IN_FLIGHT: usize = 4;
 /// Batches of settlements written at once.
 const SETTLE_BATCHES_IN_FLIGHT: usize = 3;
 /// Batches of provider ids written at once.
@@ -98,9 +101,9 @@ impl Default for PgStoreOptions {
 /// Each store runs its background tasks on the tokio runtime it was built
 /// in: the LISTEN connection, the folding of the status counters, the
 /// event sequencer (which gives committed events their ids in commit
-/// order), the debounced NOTIFY that wakes other processes, and the two
-/// batch writers of settlements and provider ids (group commit: requests
-/// arriving together share one transaction). They stop when the last clone is dropped.
+/// order), the debounced NOTIFY that wakes other processes, and the three
+/// batch writers of creates, settlements and provider ids (group commit:
+/// requests arriving together share one transaction). They stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -112,6 +115,8 @@ pub struct PgStore {
     wake_others: Arc<Notify>,
     /// Skips claims while every slot is known to be taken.
     full_cap: Arc<FullCap>,
+    /// Creates, written in batches (`crate::batch`).
+    creates: Batcher<CreateRequest, Created>,
     /// Settlements, written in batches (`crate::batch`).
     settlements: Batcher<SettleRequest, Settled>,
     /// Provider ids, written in batches.
@@ -223,6 +228,12 @@ impl PgStore {
             .await
             .map_err(|error| PgError::connect(connect::target(&pool.connect_options()), error))?;
         let sequencer = Arc::new(Sequencer::new());
+        let (creates, creating) = Batcher::start(
+            pool.clone(),
+            MAX_BATCH,
+            CREATE_BATCHES_IN_FLIGHT,
+            create::create,
+        );
         let (settlements, settling) = Batcher::start(
             pool.clone(),
             MAX_BATCH,
@@ -236,6 +247,7 @@ impl PgStore {
             settle::record_dial,
         );
         let tasks = vec![
+            creating,
             settling,
             recording,
             tokio::spawn(listen::run(listener_pool, listener, channels)),
@@ -265,6 +277,7 @@ impl PgStore {
             sequencer,
             wake_others,
             full_cap,
+            creates,
             settlements,
             dials,
             _background: Arc::new(Background(tasks)),
@@ -367,7 +380,10 @@ impl Store for PgStore {
         new: &NewCall,
         now: DateTime<Utc>,
     ) -> Result<Created, StoreError> {
-        let created = create::create(&self.pool, id, new, now).await?;
+        let created = self
+            .creates
+            .submit(CreateRequest::new(id, new, now))
+            .await?;
         if created.created {
             self.sequencer.written();
             self.bump();
