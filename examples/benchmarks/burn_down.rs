@@ -129,13 +129,14 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
             ),
             format!(
                 "**Ours**: a fresh database with the store's migrations, {n} calls to distinct numbers \
-                 created through the library (`PgStore` + `Store::create`, 64 tasks, no engine \
+                 created through the library (`PgStore` + `Store::create`, {} tasks, no engine \
                  running); then the `orchestrator` binary with `MAX_CONCURRENT_CALLS={CAP}`, \
                  `RUST_LOG={LOG_LEVEL}`, against the mock provider in the benchmark process (calls of \
                  0 s, every outcome `COMPLETED`, webhooks over real HTTP). Elapsed: from the server's \
                  start (the earlier of its first 200 on `/health` and the first dial at the provider) \
                  to the provider's last webhook answered 2xx (each answered after the call settled); \
-                 every call is checked `COMPLETED` after."
+                 every call is checked `COMPLETED` after.",
+                seed::TASKS
             ),
             "**SQL per completed call or job**: `pg_stat_statements_reset()` and \
              `pg_stat_database.xact_commit` of that database read before the workers or the server \

@@ -192,12 +192,13 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
                  `orchestrator` binary over the same database, after one warm-up."
             ),
             format!(
-                "Calls are created through `Store::create` (64 tasks), once per database, and topped up \
+                "Calls are created through `Store::create` ({} tasks), once per database, and topped up \
                  before each run to the stated number of `PENDING` calls; then `VACUUM ANALYZE` (what \
                  autovacuum would have done on a live database). The growing queue cycles over \
                  {} numbers. The busy-number case: one call `IN_PROGRESS` to a number, {} more \
                  calls to it created earlier than the {} calls to other numbers (so a claim meets them \
                  first, oldest first), against the same database before that backlog was added.",
+                seed::TASKS,
                 format(NUMBERS as f64),
                 format(backlog as f64),
                 format(others as f64)

@@ -320,7 +320,12 @@ fn file_system(path: &str) -> String {
         .output()
         .ok()
         .filter(|output| output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .map(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" on ")
+        })
         .filter(|text| !text.is_empty())
         .unwrap_or_else(|| "unknown".to_owned())
 }

@@ -54,6 +54,10 @@ impl Machine {
             ("memory".to_owned(), memory),
             ("kernel".to_owned(), run(root, "uname", &["-sr"])),
             (
+                "load average (1, 5, 15 min) at the start".to_owned(),
+                load_average(),
+            ),
+            (
                 "date (UTC)".to_owned(),
                 chrono::Utc::now().format("%Y-%m-%d %H:%M").to_string(),
             ),
@@ -91,6 +95,21 @@ impl Machine {
         ];
         Self { rows }
     }
+}
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), or "unknown":
+/// other work on the machine shows here.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The trimmed stdout of a command, or "unknown".

@@ -198,6 +198,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             quick: args.quick,
             command: &command,
             elapsed,
+            load_at_end: machine::load_average(),
         },
         &sections,
     );

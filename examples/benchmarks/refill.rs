@@ -45,7 +45,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
         for run in 1..=bench.runs {
             let measured = once(bench, nodes, backlog, run).await?;
             progress!(
-                "  run {run}, {label}: refill p50 {} ms, p99 {} ms, utilisation {:.1} %, {} calls/s",
+                "  run {run}, {label}: refill p50 {} ms, p99 {} ms, utilisation {:.1} %, {} dials/s",
                 format(measured.p50),
                 format(measured.p99),
                 measured.utilisation,

@@ -99,6 +99,8 @@ pub(crate) struct Header<'a> {
     pub command: &'a str,
     /// How long the whole command took.
     pub elapsed: Duration,
+    /// The load averages when it ended.
+    pub load_at_end: String,
 }
 
 /// The Markdown report.
@@ -126,6 +128,11 @@ pub(crate) fn render(header: &Header<'_>, sections: &[Section]) -> String {
     for (name, value) in &machine.rows {
         let _ = writeln!(out, "| {name} | {value} |");
     }
+    let _ = writeln!(
+        out,
+        "| load average (1, 5, 15 min) at the end | {} |",
+        header.load_at_end
+    );
     let _ = writeln!(
         out,
         "\n## PostgreSQL\n\nA throwaway cluster started for this run (`orchestrator_pg::testing::start_cluster`), \

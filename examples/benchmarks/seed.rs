@@ -16,7 +16,7 @@ use crate::cluster::Pg;
 use crate::progress;
 
 /// Concurrent creating tasks (and pool connections) while seeding.
-const TASKS: u64 = 64;
+pub(crate) const TASKS: u64 = 32;
 
 /// The `i`-th benchmark number: a Saudi mobile number, `+96650` and seven
 /// digits, so ten million distinct ones.
