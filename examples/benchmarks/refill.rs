@@ -39,8 +39,8 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
         let mut p99 = Figure::new(format!("refill p99, {label}"), "ms");
         let mut utilisation = Figure::new(format!("cap utilisation, {label}"), "%");
         let mut rate = Figure::new(
-            format!("calls completed per second in the window, {label}"),
-            "calls/s",
+            format!("dials per second in the steady window, {label}"),
+            "dials/s",
         );
         for run in 1..=bench.runs {
             let measured = once(bench, nodes, backlog, run).await?;
