@@ -12,9 +12,9 @@ use tokio::process::Command;
 
 use crate::cluster::DbStats;
 use crate::mock::Mock;
-use crate::process::output;
+use crate::process::{bounded, output};
 use crate::report::{Figure, Ratio, Section, Target};
-use crate::seed::{self, close, store, wait_until, Calls};
+use crate::seed::{self, close, store, wait_until, Calls, CALL_WITHIN};
 use crate::server::{Server, Spec, LOG_LEVEL};
 use crate::stats::format;
 use crate::{progress, Bench};
@@ -182,16 +182,14 @@ async fn graphile(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbSta
     .await?;
     let mut connection = PgConnection::connect(&url).await?;
     let seeded = Instant::now();
-    sqlx::query(
+    let add = sqlx::query(
         "SELECT graphile_worker.add_jobs(ARRAY(\
              SELECT json_populate_record(null::graphile_worker.job_spec, \
                  json_build_object('identifier', 'noop', 'payload', json_build_object('id', i))) \
              FROM generate_series(1, $1::int) AS i))",
     )
-    .bind(i32::try_from(n)?)
-    .execute(&mut connection)
-    .await
-    .context("adding the jobs")?;
+    .bind(i32::try_from(n)?);
+    bounded("adding the jobs", CALL_WITHIN, add.execute(&mut connection)).await?;
     progress!(
         "  queued {n} graphile-worker jobs in {:.1} s",
         seeded.elapsed().as_secs_f64()
@@ -272,7 +270,7 @@ async fn ours(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats)>
     let database = format!("bench_burn_{run}");
     let url = bench.pg.create_database(&database).await?;
     let setup = store(&bench.pg, &database, 2).await?;
-    setup.migrate().await.context("migrate")?;
+    bounded("migrate", CALL_WITHIN, setup.migrate()).await?;
     close(setup).await;
     seed::create(&bench.pg, &database, Calls::numbered(0..n)).await?;
     bench.pg.wait_idle(&database).await?;
@@ -309,7 +307,7 @@ async fn ours(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats)>
     let cost = bench.pg.stats(&database).await? - before;
     drop(mock);
     let check = store(&bench.pg, &database, 2).await?;
-    let counts = check.counts().await?;
+    let counts = bounded("Store::counts", CALL_WITHIN, check.counts()).await?;
     close(check).await;
     ensure!(
         counts.get(CallStatus::Completed) == n,

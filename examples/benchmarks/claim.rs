@@ -16,14 +16,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _};
+use anyhow::ensure;
 use chrono::{TimeDelta, Utc};
 use orchestrator_core::{CallStatus, ClaimRequest, Settlement, Store};
 use orchestrator_pg::PgStore;
 
 use crate::mock::Mock;
+use crate::process::bounded;
 use crate::report::{Figure, Ratio, Section, Target};
-use crate::seed::{self, close, number, store, Calls};
+use crate::seed::{self, close, number, store, Calls, CALL_WITHIN};
 use crate::server::{Server, Spec};
 use crate::stats::{format, ms, quantile, sorted};
 use crate::{progress, Bench};
@@ -224,7 +225,7 @@ impl<'a> Queue<'a> {
     /// Migrates `database` and puts one call in progress under a day's lease.
     async fn new(bench: &'a Bench, database: &'a str) -> anyhow::Result<Self> {
         let store = store(&bench.pg, database, 4).await?;
-        store.migrate().await.context("migrate")?;
+        bounded("migrate", CALL_WITHIN, store.migrate()).await?;
         let oldest = Utc::now() - TimeDelta::days(3);
         seed::create(
             &bench.pg,
@@ -236,14 +237,13 @@ impl<'a> Queue<'a> {
             },
         )
         .await?;
-        let claimed = store
-            .claim(&ClaimRequest {
-                now: Utc::now(),
-                max_in_flight: 1,
-                limit: 1,
-                lease: HELD_LEASE,
-            })
-            .await?;
+        let request = ClaimRequest {
+            now: Utc::now(),
+            max_in_flight: 1,
+            limit: 1,
+            lease: HELD_LEASE,
+        };
+        let claimed = bounded("Store::claim", CALL_WITHIN, store.claim(&request)).await?;
         ensure!(claimed.len() == 1, "could not put a call in progress");
         Ok(Self {
             bench,
@@ -257,7 +257,8 @@ impl<'a> Queue<'a> {
     /// Creates calls to the growing set of numbers until `pending` calls
     /// besides the `backlog` are `PENDING`, then vacuums.
     async fn top_up(&mut self, pending: u64, backlog: u64) -> anyhow::Result<()> {
-        let now = self.store.counts().await?.get(CallStatus::Pending) - backlog;
+        let counts = bounded("Store::counts", CALL_WITHIN, self.store.counts()).await?;
+        let now = counts.get(CallStatus::Pending) - backlog;
         if now >= pending {
             return Ok(());
         }
@@ -297,9 +298,12 @@ impl<'a> Queue<'a> {
 
     async fn vacuum(&self) -> anyhow::Result<()> {
         let started = Instant::now();
-        sqlx::raw_sql("VACUUM ANALYZE")
-            .execute(self.store.pool())
-            .await?;
+        bounded(
+            "VACUUM ANALYZE",
+            Duration::from_secs(600),
+            sqlx::raw_sql("VACUUM ANALYZE").execute(self.store.pool()),
+        )
+        .await?;
         progress!(
             "  VACUUM ANALYZE in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -320,7 +324,7 @@ impl<'a> Queue<'a> {
                 lease: Duration::from_secs(900),
             };
             let started = Instant::now();
-            let claimed = self.store.claim(&request).await?;
+            let claimed = bounded("Store::claim", CALL_WITHIN, self.store.claim(&request)).await?;
             let elapsed = started.elapsed();
             ensure!(
                 claimed.len() == BATCH as usize,
@@ -331,15 +335,14 @@ impl<'a> Queue<'a> {
                 claims.push(ms(elapsed));
             }
             for call in claimed {
-                self.store
-                    .settle(
-                        call.current_attempt(),
-                        Settlement::Completed {
-                            at: now,
-                            duration_sec: Some(0),
-                        },
-                    )
-                    .await?;
+                let settled = self.store.settle(
+                    call.current_attempt(),
+                    Settlement::Completed {
+                        at: now,
+                        duration_sec: Some(0),
+                    },
+                );
+                bounded("Store::settle", CALL_WITHIN, settled).await?;
             }
         }
 
@@ -376,8 +379,9 @@ impl<'a> Queue<'a> {
         }
         server.stop().await?;
         drop(mock);
+        let counts = bounded("Store::counts", CALL_WITHIN, self.store.counts()).await?;
         ensure!(
-            self.store.counts().await?.get(CallStatus::InProgress) == u64::from(self.held),
+            counts.get(CallStatus::InProgress) == u64::from(self.held),
             "the server dispatched calls while only serving /metrics"
         );
         Ok((Latency::of(claims), Latency::of(metrics)))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use orchestrator_pg::testing::{start_cluster, Cluster, ClusterConfig};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::progress;
@@ -110,10 +110,15 @@ impl Pg {
                 ),
                 Err(error) => anyhow::anyhow!("starting PostgreSQL failed: {error}"),
             })?;
+        // Every admin statement (CHECKPOINT, CREATE DATABASE, ...) is bounded.
+        let options = cluster
+            .url("postgres")
+            .parse::<PgConnectOptions>()?
+            .options([("statement_timeout", "600s")]);
         let admin = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(&cluster.url("postgres"))
+            .connect_with(options)
             .await
             .context("cannot connect to the cluster")?;
         sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

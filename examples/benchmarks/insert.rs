@@ -15,9 +15,9 @@ use anyhow::{bail, ensure, Context as _};
 use tokio::process::Command;
 
 use crate::mock::Mock;
-use crate::process::output;
+use crate::process::{bounded, output};
 use crate::report::{Figure, Ratio, Section, Target};
-use crate::seed::{self, close, store, wait_until, Calls};
+use crate::seed::{self, close, store, wait_until, Calls, CALL_WITHIN};
 use crate::server::{Server, Spec, LOG_LEVEL};
 use crate::stats::{format, ms, quantile, sorted};
 use crate::{progress, Bench};
@@ -48,7 +48,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
         let database = format!("bench_insert_{run}");
         let url = bench.pg.create_database(&database).await?;
         let setup = store(&bench.pg, &database, 2).await?;
-        setup.migrate().await.context("migrate")?;
+        bounded("migrate", CALL_WITHIN, setup.migrate()).await?;
         sqlx::raw_sql(
             "CREATE TABLE bench_calls (LIKE calls INCLUDING DEFAULTS INCLUDING GENERATED); \
              ALTER TABLE bench_calls ADD PRIMARY KEY (id);",

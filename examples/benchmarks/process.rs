@@ -66,3 +66,21 @@ pub(crate) fn spawn_reaper(child: u32) {
         .stderr(Stdio::null())
         .spawn();
 }
+
+/// `future`'s output, or an error naming `what` when `within` passes first.
+///
+/// # Errors
+/// The timeout, or `future`'s own error.
+pub(crate) async fn bounded<T, E>(
+    what: &str,
+    within: Duration,
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: Into<anyhow::Error>,
+{
+    match tokio::time::timeout(within, future).await {
+        Ok(result) => result.map_err(Into::into).with_context(|| what.to_owned()),
+        Err(_) => bail!("{what} did not finish within {within:?}"),
+    }
+}

@@ -13,7 +13,11 @@ use orchestrator_core::{CallId, Metadata, NewCall, PhoneNumber, ScriptId, Store}
 use orchestrator_pg::{PgStore, PgStoreOptions};
 
 use crate::cluster::Pg;
+use crate::process::bounded;
 use crate::progress;
+
+/// Longest one store call (a create, a claim, a settle) may take.
+pub(crate) const CALL_WITHIN: Duration = Duration::from_secs(60);
 
 /// Concurrent creating tasks (and pool connections) while seeding.
 pub(crate) const TASKS: u64 = 32;
@@ -113,8 +117,13 @@ pub(crate) async fn create(pg: &Pg, database: &str, calls: Calls) -> anyhow::Res
                         .map_err(|error| anyhow::anyhow!("{error:?}"))?,
                 );
                 let now = calls.created_at.as_ref().map_or_else(Utc::now, |at| at(i));
-                if let Err(error) = store.create(CallId::new_v7(now), &new, now).await {
-                    return stop(anyhow::Error::new(error).context("Store::create"));
+                let created = bounded(
+                    "Store::create",
+                    CALL_WITHIN,
+                    store.create(CallId::new_v7(now), &new, now),
+                );
+                if let Err(error) = created.await {
+                    return stop(error);
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if finished % 100_000 == 0 {
