@@ -10,7 +10,7 @@ use orchestrator_core::{CallStatus, Store};
 use sqlx::{Connection as _, PgConnection};
 use tokio::process::Command;
 
-use crate::cluster::DbStats;
+use crate::cluster::{DbStats, Statement};
 use crate::mock::Mock;
 use crate::process::{bounded, output};
 use crate::report::{Figure, Ratio, Section, Target};
@@ -27,13 +27,16 @@ const GRAPHILE_CONCURRENCY: u32 = 24;
 const GRAPHILE_LOCAL_QUEUE: u32 = 500;
 /// Our cap for the burn-down.
 const CAP: u32 = 1_000;
+/// Statements listed in each profile.
+const PROFILE: i64 = 15;
 /// Longest a burn-down may take.
 const WITHIN: Duration = Duration::from_secs(600);
 
 /// Runs the scenario.
 pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
     let n: u64 = bench.size(20_000, 2_000);
-    let mut graphile_rate = Figure::new(format!("graphile-worker: {n} no-op jobs"), "jobs/s");
+    let count = format(n as f64);
+    let mut graphile_rate = Figure::new(format!("graphile-worker: {count} no-op jobs"), "jobs/s");
     let mut graphile_statements = Figure::new(
         "graphile-worker: top-level statements per job",
         "statements",
@@ -42,7 +45,10 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
         Figure::new("graphile-worker: nested statements per job", "statements");
     let mut graphile_commits = Figure::new("graphile-worker: commits per job", "commits");
     let mut our_rate = Figure::new(
-        format!("ours: {n} calls, cap {CAP}, calls of 0 s"),
+        format!(
+            "ours: {count} calls, cap {}, calls of 0 s",
+            format(f64::from(CAP))
+        ),
         "calls/s",
     );
     let mut our_statements = Figure::new(
@@ -51,8 +57,10 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
     );
     let mut our_nested = Figure::new("ours: nested statements per completed call", "statements");
     let mut our_commits = Figure::new("ours: commits per completed call", "commits");
+    let (mut graphile_profile, mut our_profile) = (Vec::new(), Vec::new());
     for run in 1..=bench.runs {
-        let (rate, cost) = graphile(bench, n, run).await.context("graphile-worker")?;
+        let (rate, cost, profile) = graphile(bench, n, run).await.context("graphile-worker")?;
+        graphile_profile = profile;
         progress!(
             "  run {run}: graphile-worker {} jobs/s, {:.2} statements (+{:.2} nested), {:.2} commits per job",
             format(rate),
@@ -69,7 +77,8 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
             .samples
             .push(cost.commits as f64 / n as f64);
 
-        let (rate, cost) = ours(bench, n, run).await.context("ours")?;
+        let (rate, cost, profile) = ours(bench, n, run).await.context("ours")?;
+        our_profile = profile;
         progress!(
             "  run {run}: ours {} calls/s, {:.2} statements (+{:.2} nested), {:.2} commits per call",
             format(rate),
@@ -116,7 +125,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
         about: vec![
             format!(
                 "**Reference**: graphile-worker (npm, see the machine table) in a fresh database: \
-                 `graphile-worker --schema-only`, then {n} jobs of task `noop` added in one SQL \
+                 `graphile-worker --schema-only`, then {count} jobs of task `noop` added in one SQL \
                  statement (`graphile_worker.add_jobs` over `generate_series`), then \
                  {GRAPHILE_PROCESSES} processes of `bench/graphile/burn.mjs` side by side, each \
                  `runOnce` with graphile-worker's documented throughput options (its performance page \
@@ -128,7 +137,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
                 GRAPHILE_CONCURRENCY + 1
             ),
             format!(
-                "**Ours**: a fresh database with the store's migrations, {n} calls to distinct numbers \
+                "**Ours**: a fresh database with the store's migrations, {count} calls to distinct numbers \
                  created through the library (`PgStore` + `Store::create`, {} tasks, no engine \
                  running); then the `orchestrator` binary with `MAX_CONCURRENT_CALLS={CAP}`, \
                  `RUST_LOG={LOG_LEVEL}`, against the mock provider in the benchmark process (calls of \
@@ -157,13 +166,21 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
             graphile_commits,
             our_commits,
         ],
+        details: vec![
+            profile_table("ours", "call", n, bench.runs, &our_profile),
+            profile_table("graphile-worker", "job", n, bench.runs, &graphile_profile),
+        ],
         ratios: vec![ratio, statements, commits],
         targets,
     })
 }
 
 /// One graphile-worker burn-down: jobs per second and its SQL cost.
-async fn graphile(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats)> {
+async fn graphile(
+    bench: &Bench,
+    n: u64,
+    run: u32,
+) -> anyhow::Result<(f64, DbStats, Vec<Statement>)> {
     let database = format!("bench_graphile_{run}");
     let url = bench.pg.create_database(&database).await?;
     let cli = bench.graphile.join("node_modules/.bin/graphile-worker");
@@ -232,6 +249,7 @@ async fn graphile(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbSta
     }
     bench.pg.wait_idle(&database).await?;
     let cost = bench.pg.stats(&database).await? - before;
+    let profile = bench.pg.profile(&database, PROFILE).await?;
     let mut connection = PgConnection::connect(&url).await?;
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM graphile_worker._private_jobs")
         .fetch_one(&mut connection)
@@ -247,7 +265,7 @@ async fn graphile(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbSta
     );
     bench.pg.drop_database(&database).await?;
     let elapsed = (finished - started) / 1e3;
-    Ok((n as f64 / elapsed, cost))
+    Ok((n as f64 / elapsed, cost, profile))
 }
 
 /// Runs `futures` concurrently and returns their outputs in order.
@@ -266,7 +284,7 @@ where
 }
 
 /// One burn-down of ours: calls per second and its SQL cost.
-async fn ours(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats)> {
+async fn ours(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats, Vec<Statement>)> {
     let database = format!("bench_burn_{run}");
     let url = bench.pg.create_database(&database).await?;
     let setup = store(&bench.pg, &database, 2).await?;
@@ -305,6 +323,7 @@ async fn ours(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats)>
     server.stop().await?;
     bench.pg.wait_idle(&database).await?;
     let cost = bench.pg.stats(&database).await? - before;
+    let profile = bench.pg.profile(&database, PROFILE).await?;
     drop(mock);
     let check = store(&bench.pg, &database, 2).await?;
     let counts = bounded("Store::counts", CALL_WITHIN, check.counts()).await?;
@@ -314,5 +333,24 @@ async fn ours(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats)>
         "after the burn-down: {counts:?}, not {n} COMPLETED"
     );
     bench.pg.drop_database(&database).await?;
-    Ok((n as f64 / elapsed.as_secs_f64(), cost))
+    Ok((n as f64 / elapsed.as_secs_f64(), cost, profile))
+}
+
+/// The statement profile of one burn-down as a Markdown table.
+fn profile_table(who: &str, unit: &str, n: u64, run: u32, profile: &[Statement]) -> String {
+    let mut table = format!(
+        "Statements of {who} in run {run}, most executed first (`pg_stat_statements`, at most \
+         {PROFILE}; nested: inside a function or trigger):\n\n\
+         | statement | nested | per {unit} | total ms |\n|---|---|---|---|\n"
+    );
+    for statement in profile {
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            statement.query.replace('|', "\\|").replace('`', "'"),
+            if statement.toplevel { "" } else { "yes" },
+            format(statement.calls as f64 / n as f64),
+            format(statement.total_ms)
+        ));
+    }
+    table
 }

@@ -80,15 +80,20 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
     Ok(Section {
         title: format!("Cap {}: time to fill every slot", format(f64::from(cap))),
         about: vec![format!(
-            "Each run in a fresh database: {backlog} calls to distinct numbers created through the \
+            "Each run in a fresh database: {} calls to distinct numbers created through the \
              library, then one `orchestrator` with `MAX_CONCURRENT_CALLS={cap}`, `RUST_LOG={LOG_LEVEL}`, \
              against the mock provider in the benchmark process with calls of {} minutes (no slot \
-             frees). Measured at the provider: from the first dial to the {cap}th, and from the \
-             server's readiness (first 200 on `/health`, or the first dial if earlier) to the {cap}th. \
-             A second later the provider must still have exactly {cap} calls.",
-            CALL.as_secs() / 60
+             frees). Measured at the provider: from the first dial to the {}th, and from the \
+             server's readiness (first 200 on `/health`, or the first dial if earlier) to the {}th. \
+             A second later the provider must still have exactly {} calls.",
+            format(backlog as f64),
+            CALL.as_secs() / 60,
+            format(f64::from(cap)),
+            format(f64::from(cap)),
+            format(f64::from(cap)),
         )],
         figures: vec![first_to_last, ready_to_last],
+        details: Vec::new(),
         ratios: Vec::new(),
         targets: Vec::new(),
     })

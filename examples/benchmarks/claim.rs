@@ -206,6 +206,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
             ),
         ],
         figures,
+        details: Vec::new(),
         ratios: vec![ratio],
         targets,
     })

@@ -72,6 +72,19 @@ impl std::ops::Sub for DbStats {
     }
 }
 
+/// One row of a statement profile (`pg_stat_statements`).
+#[derive(Clone, Debug)]
+pub(crate) struct Statement {
+    /// The normalised text, whitespace collapsed, cut at 120 characters.
+    pub query: String,
+    /// Whether the client sent it (not run inside a function or trigger).
+    pub toplevel: bool,
+    /// Executions.
+    pub calls: i64,
+    /// Total execution time, milliseconds.
+    pub total_ms: f64,
+}
+
 /// The running cluster.
 #[derive(Debug)]
 pub(crate) struct Pg {
@@ -260,6 +273,41 @@ impl Pg {
             nested,
             commits,
         })
+    }
+
+    /// The `limit` statements of `database` executed most often since the
+    /// last [`reset_statements`](Self::reset_statements).
+    pub(crate) async fn profile(
+        &self,
+        database: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<Statement>> {
+        let rows: Vec<(String, bool, i64, f64)> = sqlx::query_as(
+            "SELECT query, toplevel, calls, total_exec_time FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = $1) \
+             ORDER BY calls DESC, total_exec_time DESC LIMIT $2",
+        )
+        .bind(database)
+        .bind(limit)
+        .fetch_all(&self.admin)
+        .await
+        .context("reading pg_stat_statements")?;
+        Ok(rows
+            .into_iter()
+            .map(|(query, toplevel, calls, total_ms)| {
+                let query = query.split_whitespace().collect::<Vec<_>>().join(" ");
+                let query = match query.char_indices().nth(120) {
+                    Some((at, _)) => format!("{}…", &query[..at]),
+                    None => query,
+                };
+                Statement {
+                    query,
+                    toplevel,
+                    calls,
+                    total_ms,
+                }
+            })
+            .collect())
     }
 
     /// Stops the cluster now (the testing watchdog would, once we exit).

@@ -161,6 +161,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
             "A checkpoint runs before each load, so neither side starts with the other's dirty pages to write.".to_owned(),
         ],
         figures: vec![pg_tps, pg_p50, pg_p99, post_rps, post_p50, post_p99, post_errors],
+        details: Vec::new(),
         ratios: vec![ratio],
         targets,
     })

@@ -73,7 +73,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
     Ok(Section {
         title: "Refill: slot refill latency and cap utilisation at cap 30".to_owned(),
         about: vec![format!(
-            "Each run in a fresh database: {backlog} calls to distinct numbers created through the \
+            "Each run in a fresh database: {} calls to distinct numbers created through the \
              library, then one or two `orchestrator` processes on that database \
              (`MAX_CONCURRENT_CALLS={CAP}` each, which is the global cap, `RUST_LOG={LOG_LEVEL}`) \
              against the mock provider in the benchmark process: every call lasts {} ms and ends \
@@ -84,9 +84,11 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
              provider (dialled, webhook not yet sent) ÷ (30 × the window), over the steady window from \
              the 30th dial (first fill done) to the last dial (backlog empty). The rate is the dials in \
              that window per second.",
+            format(backlog as f64),
             CALL.as_millis()
         )],
         figures,
+        details: Vec::new(),
         ratios: Vec::new(),
         targets,
     })

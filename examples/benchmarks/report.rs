@@ -78,6 +78,8 @@ pub(crate) struct Section {
     pub about: Vec<String>,
     /// The figures, in table order.
     pub figures: Vec<Figure>,
+    /// Markdown blocks after the figures (profiles).
+    pub details: Vec<String>,
     /// Ratios ours ÷ reference.
     pub ratios: Vec<Ratio>,
     /// The targets this scenario measures.
@@ -198,6 +200,9 @@ pub(crate) fn render(header: &Header<'_>, sections: &[Section]) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        for block in &section.details {
+            let _ = writeln!(out, "\n{block}");
         }
     }
     out
