@@ -89,7 +89,12 @@ impl Machine {
             ("graphile-worker".to_owned(), graphile_version),
             (
                 "wrk".to_owned(),
-                first_line(&run_all(root, "wrk", &["--version"])),
+                // "wrk 4.1.0 [epoll] Copyright (C) ...": the version part.
+                first_line(&run_all(root, "wrk", &["--version"]))
+                    .split(" Copyright")
+                    .next()
+                    .unwrap_or("unknown")
+                    .to_owned(),
             ),
             ("pgbench".to_owned(), run(root, "pgbench", &["--version"])),
         ];
