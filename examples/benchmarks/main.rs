@@ -18,7 +18,9 @@
 //! trait, `testing::start_cluster`, `MockProvider`, the binary and its
 //! settings), so the same harness measures older builds. Progress goes to
 //! stderr; the logs of child processes to `target/bench/logs/`. Every child
-//! is killed when the command ends, fails or is killed; every wait is bounded.
+//! is stopped when the command ends or fails (the servers and PostgreSQL
+//! also when it is killed; pgbench, wrk and the graphile-worker processes
+//! end by themselves); every wait is bounded.
 
 mod burn_down;
 mod cap;
