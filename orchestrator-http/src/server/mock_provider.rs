@@ -17,11 +17,15 @@
 //!   status `FAILED` (a call hung up before it completed). A call it does
 //!   not know, or one already ended, is 404. Same API key rule as dials.
 //! - `GET /health` answers 200.
+//!
+//! For benchmarks, [`MockProvider::timeline`] tells when each accepted dial
+//! arrived and when its webhook was first sent, so slot refill latency and
+//! cap utilisation can be read at the provider, as a real provider sees them.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -129,6 +133,17 @@ pub struct ReceivedDial {
     pub status: u16,
 }
 
+/// When one accepted dial arrived and when its webhook was first sent, on
+/// this process's monotonic clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DialTiming {
+    /// When the mock accepted the dial (just before answering 202).
+    pub arrived: Instant,
+    /// When the first delivery of the call's webhook started (after the call
+    /// duration, or at once on a hang-up); `None` while the call is live.
+    pub webhook_sent: Option<Instant>,
+}
+
 struct Inner {
     config: MockProviderConfig,
     rng: StdRng,
@@ -140,6 +155,8 @@ struct Inner {
     live: HashMap<String, Arc<Notify>>,
     /// Provider call ids of every hang-up request, in order.
     hang_ups: Vec<String>,
+    /// One entry per accepted dial, in acceptance order: `mock-<n>` is entry `n - 1`.
+    timeline: Vec<DialTiming>,
 }
 
 /// The mock provider. Cheap to clone: clones share state.
@@ -174,6 +191,7 @@ impl MockProvider {
                 webhooks_delivered: 0,
                 live: HashMap::new(),
                 hang_ups: Vec::new(),
+                timeline: Vec::new(),
             })),
             client,
         })
@@ -208,6 +226,15 @@ impl MockProvider {
     #[must_use]
     pub fn hang_ups(&self) -> Vec<String> {
         self.lock().hang_ups.clone()
+    }
+
+    /// When each accepted dial (a 202 that started a call, not an
+    /// idempotent repeat) arrived and when its webhook was first sent, in
+    /// acceptance order. One entry per call started, kept for the mock's
+    /// lifetime (as [`received`](Self::received) keeps every request).
+    #[must_use]
+    pub fn timeline(&self) -> Vec<DialTiming> {
+        self.lock().timeline.clone()
     }
 
     /// Whether `authorization` is what the configured API key asks for.
@@ -276,6 +303,11 @@ impl MockProvider {
             }
             inner.started += 1;
             let id = format!("mock-{}", inner.started);
+            let index = inner.timeline.len();
+            inner.timeline.push(DialTiming {
+                arrived: Instant::now(),
+                webhook_sent: None,
+            });
             let hung_up = Arc::new(Notify::new());
             inner.live.insert(id.clone(), Arc::clone(&hung_up));
             if let Some(key) = &idempotency_key {
@@ -283,6 +315,7 @@ impl MockProvider {
             }
             let status = inner.config.outcomes.pick(&mut inner.rng);
             let planned = Planned {
+                index,
                 provider_call_id: id.clone(),
                 webhook_url,
                 status,
@@ -316,7 +349,11 @@ impl MockProvider {
             () = planned.hung_up.notified() => ReportedStatus::Failed,
             () = tokio::time::sleep(duration) => planned.status,
         };
-        self.lock().live.remove(&planned.provider_call_id);
+        {
+            let mut inner = self.lock();
+            inner.live.remove(&planned.provider_call_id);
+            inner.timeline[planned.index].webhook_sent = Some(Instant::now());
+        }
         let body = json!({
             "callId": planned.provider_call_id,
             "status": status.as_str(),
@@ -365,6 +402,8 @@ impl MockProvider {
 
 /// A webhook to send later.
 struct Planned {
+    /// The call's entry in [`Inner::timeline`].
+    index: usize,
     provider_call_id: String,
     webhook_url: reqwest::Url,
     status: ReportedStatus,

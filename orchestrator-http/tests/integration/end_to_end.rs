@@ -179,6 +179,15 @@ async fn calls_complete_through_real_signed_webhooks_on_the_memory_store() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(mock.webhooks_delivered(), NUMBERS.len() as u64);
+    // The timeline: one entry per accepted dial, each webhook sent after its
+    // dial arrived (by at least the 50 ms call), dials in arrival order.
+    let timeline = mock.timeline();
+    assert_eq!(timeline.len(), NUMBERS.len());
+    for timing in &timeline {
+        let sent = timing.webhook_sent.expect("every webhook was sent");
+        assert!(sent.duration_since(timing.arrived) >= Duration::from_millis(50));
+    }
+    assert!(timeline.windows(2).all(|w| w[0].arrived <= w[1].arrived));
 
     let counts: Value = reqwest::get(format!("{base}/metrics"))
         .await

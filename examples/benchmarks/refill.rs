@@ -1,0 +1,200 @@
+//! Refill: at a cap of 30 with a backlog, how soon a freed slot is dialled
+//! again, and how full the cap is kept, read at the provider (the mock's
+//! timeline), with one node and with two nodes sharing the database.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use orchestrator_http::server::mock_provider::DialTiming;
+
+use crate::mock::Mock;
+use crate::process::bounded;
+use crate::report::{Figure, Section, Target};
+use crate::seed::{self, close, store, wait_until, Calls, CALL_WITHIN};
+use crate::server::{Server, Spec, LOG_LEVEL};
+use crate::stats::{format, ms, quantile, sorted};
+use crate::{progress, Bench};
+
+/// The global cap.
+const CAP: u32 = 30;
+/// How long each mock call lasts.
+const CALL: Duration = Duration::from_millis(100);
+
+/// What one run measured.
+struct Refill {
+    p50: f64,
+    p99: f64,
+    utilisation: f64,
+    rate: f64,
+}
+
+/// Runs the scenario.
+pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
+    // About ten seconds of dialling at 30 calls of 100 ms at a time.
+    let backlog: u64 = bench.size(3_000, 600);
+    let mut figures = Vec::new();
+    let mut targets = Vec::new();
+    for nodes in [1_u32, 2] {
+        let label = if nodes == 1 { "one node" } else { "two nodes" };
+        let mut p50 = Figure::new(format!("refill p50, {label}"), "ms");
+        let mut p99 = Figure::new(format!("refill p99, {label}"), "ms");
+        let mut utilisation = Figure::new(format!("cap utilisation, {label}"), "%");
+        let mut rate = Figure::new(
+            format!("dials per second in the steady window, {label}"),
+            "dials/s",
+        );
+        for run in 1..=bench.runs {
+            let measured = once(bench, nodes, backlog, run).await?;
+            progress!(
+                "  run {run}, {label}: refill p50 {} ms, p99 {} ms, utilisation {:.1} %, {} dials/s",
+                format(measured.p50),
+                format(measured.p99),
+                measured.utilisation,
+                format(measured.rate)
+            );
+            p50.samples.push(measured.p50);
+            p99.samples.push(measured.p99);
+            utilisation.samples.push(measured.utilisation);
+            rate.samples.push(measured.rate);
+        }
+        let bound = if nodes == 1 { 5.0 } else { 50.0 };
+        targets.push(Target {
+            goal: format!("refill p99 ≤ {bound} ms, {label}"),
+            measured: format!("{} ms", format(p99.median())),
+            met: p99.median() <= bound,
+        });
+        targets.push(Target {
+            goal: format!("cap utilisation ≥ 98 %, {label}"),
+            measured: format!("{:.1} %", utilisation.median()),
+            met: utilisation.median() >= 98.0,
+        });
+        figures.extend([p50, p99, utilisation, rate]);
+    }
+    Ok(Section {
+        title: "Refill: slot refill latency and cap utilisation at cap 30".to_owned(),
+        about: vec![format!(
+            "Each run in a fresh database: {} calls to distinct numbers created through the \
+             library, then one or two `orchestrator` processes on that database \
+             (`MAX_CONCURRENT_CALLS={CAP}` each, which is the global cap, `RUST_LOG={LOG_LEVEL}`) \
+             against the mock provider in the benchmark process: every call lasts {} ms and ends \
+             `COMPLETED`. The mock records when each dial arrived and when each webhook was sent. \
+             **Refill latency**: webhooks and dials each in time order, the k-th webhook is matched \
+             with the (30 + k)-th dial, the first dial that needed its slot; over every webhook sent \
+             while calls were still waiting. **Utilisation**: the time-integral of calls live at the \
+             provider (dialled, webhook not yet sent) ÷ (30 × the window), over the steady window from \
+             the 30th dial (first fill done) to the last dial (backlog empty). The rate is the dials in \
+             that window per second.",
+            format(backlog as f64),
+            CALL.as_millis()
+        )],
+        figures,
+        details: Vec::new(),
+        ratios: Vec::new(),
+        targets,
+    })
+}
+
+async fn once(bench: &Bench, nodes: u32, backlog: u64, run: u32) -> anyhow::Result<Refill> {
+    let database = format!("bench_refill_{nodes}_{run}");
+    let url = bench.pg.create_database(&database).await?;
+    let setup = store(&bench.pg, &database, 2).await?;
+    bounded("migrate", CALL_WITHIN, setup.migrate()).await?;
+    close(setup).await;
+    seed::create(&bench.pg, &database, Calls::numbered(0..backlog)).await?;
+    let mock = Mock::start(CALL)?;
+    bench.pg.checkpoint().await?;
+    let spec = Spec {
+        database_url: &url,
+        provider_url: &mock.url,
+        max_concurrent_calls: CAP,
+    };
+    let mut servers = Vec::new();
+    for node in 1..=nodes {
+        servers.push(Server::start(bench, &format!("refill-{nodes}-{run}-{node}"), &spec).await?);
+    }
+    let within = Duration::from_secs(60 + backlog / 10);
+    wait_until(
+        &format!("{backlog} webhooks answered"),
+        within,
+        Duration::from_millis(10),
+        || mock.provider.webhooks_delivered() >= backlog,
+    )
+    .await?;
+    for server in servers {
+        server.stop().await?;
+    }
+    let timeline = mock.provider.timeline();
+    drop(mock);
+    bench.pg.drop_database(&database).await?;
+    ensure!(
+        timeline.len() as u64 == backlog,
+        "{} dials for {backlog} calls: a call was dialled twice",
+        timeline.len()
+    );
+    measure(&timeline, CAP as usize)
+}
+
+/// Refill latency and utilisation from the mock's timeline (see the section text).
+fn measure(timeline: &[DialTiming], cap: usize) -> anyhow::Result<Refill> {
+    let dials: Vec<Instant> = {
+        let mut dials: Vec<Instant> = timeline.iter().map(|timing| timing.arrived).collect();
+        dials.sort();
+        dials
+    };
+    let mut webhooks: Vec<Instant> = timeline
+        .iter()
+        .map(|timing| timing.webhook_sent.context("a call without its webhook"))
+        .collect::<anyhow::Result<_>>()?;
+    webhooks.sort();
+    ensure!(
+        dials.len() > cap,
+        "a backlog of {} calls does not exceed the cap",
+        dials.len()
+    );
+    let mut latencies = Vec::new();
+    for (k, webhook) in webhooks.iter().enumerate() {
+        let Some(dial) = dials.get(cap + k) else {
+            break;
+        };
+        let Some(latency) = dial.checked_duration_since(*webhook) else {
+            bail!(
+                "dial {} arrived before webhook {} was sent: more than {cap} calls live",
+                cap + k + 1,
+                k + 1
+            );
+        };
+        latencies.push(ms(latency));
+    }
+    let latencies = sorted(latencies);
+
+    // The integral of live calls over [30th dial, last dial].
+    let (start, end) = (dials[cap - 1], dials[dials.len() - 1]);
+    let mut events: Vec<(Instant, i64)> = dials.iter().map(|at| (*at, 1)).collect();
+    events.extend(webhooks.iter().map(|at| (*at, -1)));
+    events.sort();
+    let mut live = 0_i64;
+    let mut last = start;
+    let mut integral = 0.0;
+    for (at, change) in events {
+        if at > start {
+            let upto = at.min(end);
+            if upto > last {
+                integral += live as f64 * upto.duration_since(last).as_secs_f64();
+                last = upto;
+            }
+        }
+        if at > end {
+            break;
+        }
+        live += change;
+    }
+    let window = end.duration_since(start).as_secs_f64();
+    ensure!(window > 0.0, "an empty steady window");
+    let in_window = (dials.len() - cap) as f64;
+    Ok(Refill {
+        p50: quantile(&latencies, 0.5),
+        p99: quantile(&latencies, 0.99),
+        utilisation: 100.0 * integral / (cap as f64 * window),
+        rate: in_window / window,
+    })
+}
