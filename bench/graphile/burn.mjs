@@ -13,7 +13,7 @@
 // several processes.
 //
 // Environment: DATABASE_URL (required), BURN_CONCURRENCY (default 24),
-// BURN_LOCAL_QUEUE (default 500).
+// BURN_LOCAL_QUEUE (default 500; 0 for the per-job mode).
 
 import { EventEmitter } from "node:events";
 import { runOnce } from "graphile-worker";
@@ -37,6 +37,16 @@ events.on("job:success", () => {
   succeeded += 1;
 });
 
+// BURN_LOCAL_QUEUE=0: graphile-worker's per-job mode (its defaults: each job
+// fetched, and completed, by a statement of its own).
+const batching =
+  localQueueSize > 0
+    ? {
+        localQueue: { size: localQueueSize },
+        completeJobBatchDelay: 0,
+        failJobBatchDelay: 0,
+      }
+    : {};
 await runOnce(
   {
     preset: {
@@ -44,9 +54,7 @@ await runOnce(
         connectionString,
         concurrentJobs: concurrency,
         maxPoolSize: concurrency + 1,
-        localQueue: { size: localQueueSize },
-        completeJobBatchDelay: 0,
-        failJobBatchDelay: 0,
+        ...batching,
         events,
       },
     },

@@ -24,6 +24,11 @@ const CALL: Duration = Duration::from_millis(100);
 struct Refill {
     p50: f64,
     p99: f64,
+    /// Webhook sent to answered (the settlement's share): median.
+    settle_p50: f64,
+    /// From the webhook's answer to the dial (the claim's and the dial
+    /// request's share): median.
+    claim_p50: f64,
     utilisation: f64,
     rate: f64,
 }
@@ -38,6 +43,14 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
         let label = if nodes == 1 { "one node" } else { "two nodes" };
         let mut p50 = Figure::new(format!("refill p50, {label}"), "ms");
         let mut p99 = Figure::new(format!("refill p99, {label}"), "ms");
+        let mut settle_p50 = Figure::new(
+            format!("of which webhook sent to answered (settled), p50, {label}"),
+            "ms",
+        );
+        let mut claim_p50 = Figure::new(
+            format!("of which webhook answered to the next dial (claim, dial), p50, {label}"),
+            "ms",
+        );
         let mut utilisation = Figure::new(format!("cap utilisation, {label}"), "%");
         let mut rate = Figure::new(
             format!("dials per second in the steady window, {label}"),
@@ -54,6 +67,8 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
             );
             p50.samples.push(measured.p50);
             p99.samples.push(measured.p99);
+            settle_p50.samples.push(measured.settle_p50);
+            claim_p50.samples.push(measured.claim_p50);
             utilisation.samples.push(measured.utilisation);
             rate.samples.push(measured.rate);
         }
@@ -68,7 +83,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
             measured: format!("{:.1} %", utilisation.median()),
             met: utilisation.median() >= 98.0,
         });
-        figures.extend([p50, p99, utilisation, rate]);
+        figures.extend([p50, p99, settle_p50, claim_p50, utilisation, rate]);
     }
     Ok(Section {
         title: "Refill: slot refill latency and cap utilisation at cap 30".to_owned(),
@@ -80,7 +95,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
              `COMPLETED`. The mock records when each dial arrived and when each webhook was sent. \
              **Refill latency**: webhooks and dials each in time order, the k-th webhook is matched \
              with the (30 + k)-th dial, the first dial that needed its slot; over every webhook sent \
-             while calls were still waiting. **Utilisation**: the time-integral of calls live at the \
+             while calls were still waiting. It is split in two, each a median: from each webhook's sending to the orchestrator's 2xx answer (given once the attempt is settled), and from the k-th answer to the dial matched with the k-th webhook (the claim and the dial request). **Utilisation**: the time-integral of calls live at the \
              provider (dialled, webhook not yet sent) ÷ (30 × the window), over the steady window from \
              the 30th dial (first fill done) to the last dial (backlog empty). The rate is the dials in \
              that window per second.",
@@ -166,6 +181,32 @@ fn measure(timeline: &[DialTiming], cap: usize) -> anyhow::Result<Refill> {
         latencies.push(ms(latency));
     }
     let latencies = sorted(latencies);
+    // The same path in two parts: each webhook's own answer, and from the
+    // k-th answer to the dial matched with the k-th webhook.
+    let mut answers: Vec<Instant> = timeline
+        .iter()
+        .map(|timing| timing.webhook_answered.context("a webhook never answered"))
+        .collect::<anyhow::Result<_>>()?;
+    let settling = sorted(
+        timeline
+            .iter()
+            .filter_map(|timing| {
+                Some(ms(timing
+                    .webhook_answered?
+                    .checked_duration_since(timing.webhook_sent?)?))
+            })
+            .collect(),
+    );
+    answers.sort();
+    let claiming = sorted(
+        answers
+            .iter()
+            .enumerate()
+            .filter_map(|(k, answered)| {
+                Some(ms(dials.get(cap + k)?.checked_duration_since(*answered)?))
+            })
+            .collect(),
+    );
 
     // The integral of live calls over [30th dial, last dial].
     let (start, end) = (dials[cap - 1], dials[dials.len() - 1]);
@@ -194,6 +235,8 @@ fn measure(timeline: &[DialTiming], cap: usize) -> anyhow::Result<Refill> {
     Ok(Refill {
         p50: quantile(&latencies, 0.5),
         p99: quantile(&latencies, 0.99),
+        settle_p50: quantile(&settling, 0.5),
+        claim_p50: quantile(&claiming, 0.5),
         utilisation: 100.0 * integral / (cap as f64 * window),
         rate: in_window / window,
     })

@@ -19,6 +19,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const DUPLICATE_DATABASE: &str = "42P04";
 /// SQLSTATE `duplicate_schema`.
 const DUPLICATE_SCHEMA: &str = "42P06";
+/// SQLSTATE `unique_violation`: what a `CREATE SCHEMA` that loses the race
+/// inside the catalog's unique index (rather than at its existence check)
+/// reports.
+const UNIQUE_VIOLATION: &str = "23505";
 
 /// Databases that exist on every server and accept connections, tried in
 /// this order to run `CREATE DATABASE` from, as PostgreSQL's `createdb` does.
@@ -57,7 +61,14 @@ async fn create_schema_if_missing(pool: &PgPool, schema: &SchemaName) -> Result<
     }
     let create = format!("CREATE SCHEMA {}", schema.quoted());
     match sqlx::query(&create).execute(pool).await {
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(DUPLICATE_SCHEMA) => Ok(()),
+        Err(sqlx::Error::Database(db))
+            if matches!(
+                db.code().as_deref(),
+                Some(DUPLICATE_SCHEMA | UNIQUE_VIOLATION)
+            ) =>
+        {
+            Ok(())
+        }
         result => result.map(drop).map_err(PgError::from),
     }
 }

@@ -142,6 +142,9 @@ pub struct DialTiming {
     /// When the first delivery of the call's webhook started (after the call
     /// duration, or at once on a hang-up); `None` while the call is live.
     pub webhook_sent: Option<Instant>,
+    /// When the orchestrator answered the webhook 2xx (it answers once the
+    /// call's attempt is settled); `None` until then.
+    pub webhook_answered: Option<Instant>,
 }
 
 struct Inner {
@@ -307,6 +310,7 @@ impl MockProvider {
             inner.timeline.push(DialTiming {
                 arrived: Instant::now(),
                 webhook_sent: None,
+                webhook_answered: None,
             });
             let hung_up = Arc::new(Notify::new());
             inner.live.insert(id.clone(), Arc::clone(&hung_up));
@@ -383,7 +387,10 @@ impl MockProvider {
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    self.lock().webhooks_delivered += 1;
+                    let mut inner = self.lock();
+                    inner.webhooks_delivered += 1;
+                    inner.timeline[planned.index].webhook_answered = Some(Instant::now());
+                    drop(inner);
                     tracing::info!(provider_call_id = %planned.provider_call_id, status = status.as_str(), "webhook delivered");
                     return;
                 }
