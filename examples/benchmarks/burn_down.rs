@@ -353,11 +353,7 @@ where
 /// One burn-down of ours: calls per second and its SQL cost.
 async fn ours(bench: &Bench, n: u64, run: u32) -> anyhow::Result<(f64, DbStats, Vec<Statement>)> {
     let database = format!("bench_burn_{run}");
-    let url = bench.pg.create_database(&database).await?;
-    let setup = store(&bench.pg, &database, 2).await?;
-    bounded("migrate", CALL_WITHIN, setup.migrate()).await?;
-    close(setup).await;
-    seed::create(&bench.pg, &database, Calls::numbered(0..n)).await?;
+    let url = seed::backlog(&bench.pg, &database, Calls::numbered(0..n)).await?;
     bench.pg.wait_idle(&database).await?;
     let mock = Mock::start(Duration::ZERO)?;
     bench.pg.checkpoint().await?;

@@ -6,9 +6,8 @@ use std::time::Duration;
 use anyhow::ensure;
 
 use crate::mock::Mock;
-use crate::process::bounded;
 use crate::report::{Figure, Section};
-use crate::seed::{self, close, store, wait_until, Calls, CALL_WITHIN};
+use crate::seed::{self, wait_until, Calls};
 use crate::server::{Server, Spec, LOG_LEVEL};
 use crate::stats::{format, ms};
 use crate::{progress, Bench};
@@ -30,11 +29,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
     );
     for run in 1..=bench.runs {
         let database = format!("bench_cap_{run}");
-        let url = bench.pg.create_database(&database).await?;
-        let setup = store(&bench.pg, &database, 2).await?;
-        bounded("migrate", CALL_WITHIN, setup.migrate()).await?;
-        close(setup).await;
-        seed::create(&bench.pg, &database, Calls::numbered(0..backlog)).await?;
+        let url = seed::backlog(&bench.pg, &database, Calls::numbered(0..backlog)).await?;
         let mock = Mock::start(CALL)?;
         bench.pg.checkpoint().await?;
         let server = Server::start(

@@ -8,9 +8,8 @@ use anyhow::{bail, ensure, Context as _};
 use orchestrator_http::server::mock_provider::DialTiming;
 
 use crate::mock::Mock;
-use crate::process::bounded;
 use crate::report::{Figure, Section, Target};
-use crate::seed::{self, close, store, wait_until, Calls, CALL_WITHIN};
+use crate::seed::{self, wait_until, Calls};
 use crate::server::{Server, Spec, LOG_LEVEL};
 use crate::stats::{format, ms, quantile, sorted};
 use crate::{progress, Bench};
@@ -111,11 +110,7 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Section> {
 
 async fn once(bench: &Bench, nodes: u32, backlog: u64, run: u32) -> anyhow::Result<Refill> {
     let database = format!("bench_refill_{nodes}_{run}");
-    let url = bench.pg.create_database(&database).await?;
-    let setup = store(&bench.pg, &database, 2).await?;
-    bounded("migrate", CALL_WITHIN, setup.migrate()).await?;
-    close(setup).await;
-    seed::create(&bench.pg, &database, Calls::numbered(0..backlog)).await?;
+    let url = seed::backlog(&bench.pg, &database, Calls::numbered(0..backlog)).await?;
     let mock = Mock::start(CALL)?;
     bench.pg.checkpoint().await?;
     let spec = Spec {

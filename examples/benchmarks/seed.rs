@@ -70,6 +70,17 @@ pub(crate) async fn close(store: PgStore) {
     drop(store);
 }
 
+/// A fresh database `database` with the store's migrations and `calls`
+/// created in it; returns its URL.
+pub(crate) async fn backlog(pg: &Pg, database: &str, calls: Calls) -> anyhow::Result<String> {
+    let url = pg.create_database(database).await?;
+    let setup = store(pg, database, 2).await?;
+    bounded("migrate", CALL_WITHIN, setup.migrate()).await?;
+    close(setup).await;
+    create(pg, database, calls).await?;
+    Ok(url)
+}
+
 /// Creates `calls` in `database` through `Store::create` from [`TASKS`]
 /// tasks, with `synchronous_commit = off` for the while.
 ///

@@ -43,6 +43,10 @@ const LOCK: &str = concat!(
     " WHERE calls.id = ANY($1) ORDER BY calls.id FOR UPDATE OF calls"
 );
 
+/// The calls of a batch of provider ids, locked in id order: only which
+/// exist is read.
+const LOCK_IDS: &str = "SELECT id FROM calls WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
 /// Writes back every field a settlement may change with the change's event
 /// (its type and instant), one row of `$1`.. per call; and closes the
 /// history row of each call's current claim with one `call_event_seq`
@@ -107,12 +111,20 @@ const RECORD_DIAL: &str = concat!(
     call_columns!()
 );
 
-/// Locks the calls `ids` names (in id order) and returns those that exist.
-async fn lock(tx: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<CallId, Call>, PgError> {
+/// `ids` sorted, without repeats, as the locking statements bind them.
+fn distinct(ids: &[Uuid]) -> Vec<Uuid> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids.dedup();
-    let rows: Vec<CallRow> = sqlx::query_as(LOCK).bind(&ids).fetch_all(&mut *tx).await?;
+    ids
+}
+
+/// Locks the calls `ids` names (in id order) and returns those that exist.
+async fn lock(tx: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<CallId, Call>, PgError> {
+    let rows: Vec<CallRow> = sqlx::query_as(LOCK)
+        .bind(distinct(ids))
+        .fetch_all(&mut *tx)
+        .await?;
     rows.into_iter()
         .map(|row| Call::try_from(row).map(|call| (call.id, call)))
         .collect()
@@ -299,10 +311,15 @@ pub(crate) async fn record_dial(
         .map(|(attempt, _)| attempt.call_id.0)
         .collect();
     let mut tx = connection.begin().await?;
-    let found = lock(&mut tx, &ids).await?;
+    let found: HashSet<Uuid> = sqlx::query_scalar(LOCK_IDS)
+        .bind(distinct(&ids))
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
     let mut answers = record(&mut tx, &requests).await?;
     for (answer, (attempt, _)) in answers.iter_mut().zip(&requests) {
-        if !found.contains_key(&attempt.call_id) {
+        if !found.contains(&attempt.call_id.0) {
             *answer = Err(PgError::NotFound(attempt.call_id));
         }
     }

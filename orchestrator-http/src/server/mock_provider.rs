@@ -153,7 +153,6 @@ struct Inner {
     by_key: HashMap<String, String>,
     started: u64,
     received: Vec<ReceivedDial>,
-    webhooks_delivered: u64,
     /// Calls started and not ended yet, by provider call id: notified to hang up.
     live: HashMap<String, Arc<Notify>>,
     /// Provider call ids of every hang-up request, in order.
@@ -191,7 +190,6 @@ impl MockProvider {
                 by_key: HashMap::new(),
                 started: 0,
                 received: Vec::new(),
-                webhooks_delivered: 0,
                 live: HashMap::new(),
                 hang_ups: Vec::new(),
                 timeline: Vec::new(),
@@ -222,7 +220,13 @@ impl MockProvider {
     /// Webhooks answered with a 2xx.
     #[must_use]
     pub fn webhooks_delivered(&self) -> u64 {
-        self.lock().webhooks_delivered
+        let answered = self
+            .lock()
+            .timeline
+            .iter()
+            .filter(|timing| timing.webhook_answered.is_some())
+            .count();
+        answered as u64
     }
 
     /// The provider call ids of every hang-up request received, in order.
@@ -387,10 +391,7 @@ impl MockProvider {
             }
             match request.send().await {
                 Ok(response) if response.status().is_success() => {
-                    let mut inner = self.lock();
-                    inner.webhooks_delivered += 1;
-                    inner.timeline[planned.index].webhook_answered = Some(Instant::now());
-                    drop(inner);
+                    self.lock().timeline[planned.index].webhook_answered = Some(Instant::now());
                     tracing::info!(provider_call_id = %planned.provider_call_id, status = status.as_str(), "webhook delivered");
                     return;
                 }
